@@ -1,0 +1,1 @@
+"""MCN-CL: the causal multimodal emotion model, its features, data, training and checkpoints."""

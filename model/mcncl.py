@@ -10,13 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-
 from emostream.model.batch import DialogueBatch
 from emostream.model.config import MODALITIES, ModelConfig
 from emostream.model.dialogue_rnn import DialogueRNNCell, initial_rnn_state
 from emostream.model.mcn import MCN
 from emostream.model.psa import MaskedMeanPool, PyramidSqueezeAttention
+from torch import nn
 
 StepInputs = dict[str, torch.Tensor]
 """text (B, Dt), audio (B, Da), visual (B, F, Dv), visual_mask (B, F), present (B, 3), speaker (B,) int64."""
@@ -151,8 +150,8 @@ class MCNCL(nn.Module):
         if not self.training or p <= 0 or len(self.modalities) < 2:
             return present
         stacked = torch.stack([present[m] for m in self.modalities], dim=-1)  # (B, N, n_mod)
-        choice = torch.randint(len(self.modalities), stacked.shape[:-1], device=stacked.device)
-        drop = nn.functional.one_hot(choice, len(self.modalities)).to(stacked.dtype)
+        scores = torch.rand(stacked.shape, device=stacked.device) + stacked  # present ones score higher
+        drop = nn.functional.one_hot(scores.argmax(-1), len(self.modalities)).to(stacked.dtype)  # a present one
         allowed = (torch.rand(stacked.shape[:-1], device=stacked.device) < p) & (stacked.sum(-1) >= 2)
         stacked = stacked * (1 - drop * allowed.unsqueeze(-1).to(stacked.dtype))
         return {m: stacked[..., i] for i, m in enumerate(self.modalities)}

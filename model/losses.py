@@ -61,8 +61,8 @@ class LossParts:
     contrastive: torch.Tensor
 
     def as_floats(self) -> dict[str, float]:
-        out = {"total": float(self.total), "fused_ce": float(self.fused_ce), "contrastive": float(self.contrastive)}
-        out.update({f"ce_{m}": float(v) for m, v in self.modality_ce.items()})
+        out = {k: float(v.detach()) for k, v in (("total", self.total), ("fused_ce", self.fused_ce), ("contrastive", self.contrastive))}
+        out.update({f"ce_{m}": float(v.detach()) for m, v in self.modality_ce.items()})
         return out
 
 

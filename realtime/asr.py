@@ -1,0 +1,235 @@
+"""Speech recognition of segmented utterances with faster-whisper (CTranslate2).
+
+`Transcriber.transcribe(audio, utterance_id)` is blocking and runs in the inference worker, never on
+the event loop: faster-whisper returns a lazy generator, consumed here in full. The segmenter cuts
+utterances, so whisper's own VAD filter is off.
+
+Early ASR: at `EndpointPending` the worker may call `transcriber.start(event)` and run the returned
+`PendingTranscript` right away; at `SpeechEnd` its result is reused when it is still valid (same
+segment, same start, the final audio only extends the pending audio by the trailing padding, no
+`SpeechResumed` in between). `EarlyTranscriber` does that bookkeeping; it owns no thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from emostream.realtime.segmenter import (
+    EndpointPending,
+    SegmenterConfig,
+    SegmentEvent,
+    SpeechEnd,
+    SpeechResumed,
+)
+from emostream.realtime.types import SAMPLE_RATE, Transcript, TranscriptWord
+
+if TYPE_CHECKING:
+    from faster_whisper import WhisperModel
+
+logger = logging.getLogger(__name__)
+
+PROVISIONAL_ID = -1
+"""utterance_id of an early transcript until `EarlyTranscriber.finish` gives it the real one."""
+
+
+@dataclass(frozen=True, slots=True)
+class AsrConfig:
+    model: str = "whisper-tiny.en"  # a bundled name or a local CTranslate2 folder (see model.features.weights)
+    device: str = "cpu"
+    compute_type: str = "int8"
+    beam_size: int = 1
+    language: str | None = None  # None: "en" for .en models, detected for multilingual ones
+    temperature: tuple[float, ...] = (0.0,)  # no fallback re-decoding: predictable latency
+    cpu_threads: int = 0  # 0: min(4, CPU count)
+    word_timestamps: bool = False
+    initial_prompt: str | None = None
+
+
+class Transcriber:
+    """faster-whisper over one utterance at a time. Loads the model on construction."""
+
+    def __init__(self, config: AsrConfig | None = None, model: WhisperModel | None = None) -> None:
+        self.config = config or AsrConfig()
+        self._model = model if model is not None else self._load(self.config)
+
+    @staticmethod
+    def _load(cfg: AsrConfig) -> WhisperModel:
+        from emostream.model.features.weights import resolve
+        from faster_whisper import WhisperModel
+
+        path = resolve(cfg.model)
+        threads = cfg.cpu_threads or min(4, os.cpu_count() or 1)
+        t0 = time.perf_counter()
+        model = WhisperModel(
+            str(path), device=cfg.device, compute_type=cfg.compute_type, cpu_threads=threads, local_files_only=True
+        )
+        logger.info("loaded ASR %s from %s (%s, %s) in %.2f s",
+                    cfg.model, path, cfg.device, cfg.compute_type, time.perf_counter() - t0)
+        return model
+
+    def transcribe(self, audio: np.ndarray, utterance_id: int) -> Transcript:
+        """audio: (n,) float32 mono 16 kHz -> Transcript. Empty audio gives an empty transcript."""
+        cfg = self.config
+        x = np.asarray(audio, dtype=np.float32).reshape(-1)  # (n,)
+        if x.size == 0:
+            return Transcript(utterance_id=utterance_id, text="", language=cfg.language or "en")
+        t0 = time.perf_counter()
+        segments, info = self._model.transcribe(
+            x,
+            language=cfg.language,
+            beam_size=cfg.beam_size,
+            temperature=list(cfg.temperature),
+            vad_filter=False,
+            condition_on_previous_text=False,
+            without_timestamps=not cfg.word_timestamps,
+            word_timestamps=cfg.word_timestamps,
+            initial_prompt=cfg.initial_prompt,
+        )
+        segments = list(segments)  # the generator does the decoding: consume it here, in full
+        text = " ".join(s.text.strip() for s in segments if s.text.strip())
+        weights = np.array([max(len(s.tokens), 1) for s in segments], dtype=np.float64)
+        avg_logprob = float(np.average([s.avg_logprob for s in segments], weights=weights)) if segments else 0.0
+        no_speech = float(np.average([s.no_speech_prob for s in segments], weights=weights)) if segments else 1.0
+        words = None
+        if cfg.word_timestamps:
+            words = tuple(
+                TranscriptWord(w.word.strip(), float(w.start), float(w.end), float(w.probability))
+                for s in segments
+                for w in (s.words or ())
+            )
+        logger.debug("ASR utterance %d: %.2f s audio in %.0f ms: %r",
+                     utterance_id, x.size / SAMPLE_RATE, (time.perf_counter() - t0) * 1e3, text)
+        return Transcript(
+            utterance_id=utterance_id,
+            text=text,
+            language=info.language,
+            avg_logprob=avg_logprob,
+            no_speech_prob=no_speech,
+            words=words,
+        )
+
+    def start(self, event: EndpointPending) -> PendingTranscript:
+        """A not-yet-run early transcription of the audio of an EndpointPending."""
+        return PendingTranscript(
+            transcriber=self,
+            segment=event.segment,
+            start_sample=event.start_sample,
+            end_sample=event.end_sample,
+            audio=event.audio,
+        )
+
+
+@dataclass(eq=False)
+class PendingTranscript:
+    """An early transcription job over samples [start_sample, end_sample) of segment `segment`.
+
+    `run()` is blocking (call it in the worker or hand it to a thread); it stores `result`.
+    Read `result` only after `run()` has returned.
+    """
+
+    transcriber: Transcriber
+    segment: int
+    start_sample: int
+    end_sample: int
+    audio: np.ndarray  # (n,) float32
+    cancelled: bool = False
+    result: Transcript | None = None
+    elapsed_s: float | None = None
+
+    def run(self) -> Transcript | None:
+        """Transcribe (unless cancelled) and keep the result (utterance_id = PROVISIONAL_ID)."""
+        if self.cancelled:
+            return None
+        t0 = time.perf_counter()
+        self.result = self.transcriber.transcribe(self.audio, PROVISIONAL_ID)
+        self.elapsed_s = time.perf_counter() - t0
+        return self.result
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def valid_for(self, end: SpeechEnd, max_extension_samples: int) -> bool:
+        """Whether this job's audio is the final utterance's audio, give or take trailing padding."""
+        extension = end.end_sample - self.end_sample
+        return (
+            not self.cancelled
+            and self.segment == end.segment
+            and self.start_sample == end.start_sample
+            and 0 <= extension <= max_extension_samples
+        )
+
+
+class EarlyTranscriber:
+    """Bookkeeping for early ASR between EndpointPending and SpeechEnd. Not thread-safe.
+
+    Worker loop sketch::
+
+        for ev in segmenter.push(samples, t0_ns):
+            job = early.on_event(ev)
+            if job is not None:
+                job.run()                      # or submit it; wait before finish()
+            if isinstance(ev, SpeechEnd):
+                transcript, reused = early.finish(ev, utterance_id)
+    """
+
+    def __init__(self, transcriber: Transcriber, max_extension_samples: int) -> None:
+        self.transcriber = transcriber
+        self.max_extension_samples = max_extension_samples
+        self._pending: PendingTranscript | None = None
+        self.stats: dict[str, int] = {"started": 0, "reused": 0, "discarded": 0}
+
+    @classmethod
+    def for_segmenter(cls, transcriber: Transcriber, config: SegmenterConfig) -> EarlyTranscriber:
+        """Allow the final audio to exceed the pending audio by the segmenter's trailing padding."""
+        return cls(transcriber, config.samples(config.pad_end_ms))
+
+    @property
+    def pending(self) -> PendingTranscript | None:
+        return self._pending
+
+    def on_event(self, event: SegmentEvent) -> PendingTranscript | None:
+        """Track a segmenter event; returns a new job to run for an EndpointPending."""
+        if isinstance(event, EndpointPending):
+            self._discard()
+            self._pending = self.transcriber.start(event)
+            self.stats["started"] += 1
+            return self._pending
+        if isinstance(event, SpeechResumed) and self._pending is not None and self._pending.segment == event.segment:
+            self._discard()
+        return None
+
+    def reusable(self, end: SpeechEnd) -> Transcript | None:
+        """The finished early result if it is valid for this final utterance, else None."""
+        p = self._pending
+        if p is None or p.result is None or not p.valid_for(end, self.max_extension_samples):
+            return None
+        return p.result
+
+    def finish(self, end: SpeechEnd, utterance_id: int) -> tuple[Transcript, bool]:
+        """The transcript of a finished utterance: the early one if valid, else a fresh run.
+
+        Returns (transcript with utterance_id, whether the early result was reused).
+        """
+        early = self.reusable(end)
+        if early is not None:
+            self._pending = None
+            self.stats["reused"] += 1
+            return dataclasses.replace(early, utterance_id=utterance_id), True
+        self._discard()
+        return self.transcriber.transcribe(end.audio, utterance_id), False
+
+    def reset(self) -> None:
+        self._discard()
+
+    def _discard(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            self.stats["discarded"] += 1
+            self._pending = None
+

@@ -1,0 +1,150 @@
+"""ASR: the real faster-whisper tiny.en on the fixture dialogue, and early-ASR bookkeeping."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import wave
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from emostream.realtime.asr import PROVISIONAL_ID, AsrConfig, EarlyTranscriber, Transcriber
+from emostream.realtime.segmenter import EndpointPending, Segmenter, SpeechEnd, SpeechResumed
+from emostream.realtime.text_metrics import edit_distance, normalize, word_error_rate
+
+DATA = Path(__file__).resolve().parent / "data"
+SR = 16_000
+logger = logging.getLogger(__name__)
+
+
+def load_dialogue() -> tuple[np.ndarray, list[dict]]:
+    with wave.open(str(DATA / "dialogue.wav")) as w:
+        audio = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0
+    return audio, json.loads((DATA / "dialogue.json").read_text())["utterances"]
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Transcriber:
+    return Transcriber(AsrConfig(model="whisper-tiny.en"))
+
+
+class FakeWhisper:
+    """Stands in for faster_whisper.WhisperModel: the 'text' says how many samples it heard."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def transcribe(self, audio: np.ndarray, **_: object):
+        self.calls.append(audio.size)
+        seg = SimpleNamespace(text=f" heard {audio.size}", tokens=[1, 2, 3], avg_logprob=-0.2,
+                              no_speech_prob=0.05, words=None)
+        return iter([seg]), SimpleNamespace(language="en")
+
+
+# ---------------------------------------------------------------------------- real tiny.en
+def test_tiny_en_wer_on_fixture(tiny):
+    audio, truth = load_dialogue()
+    pad = SR // 10
+    hyps, times = [], []
+    for i, u in enumerate(truth):
+        clip = audio[round(u["start_s"] * SR) - pad : round(u["end_s"] * SR) + pad]
+        t0 = time.perf_counter()
+        tr = tiny.transcribe(clip, utterance_id=i)
+        times.append(time.perf_counter() - t0)
+        assert tr.utterance_id == i and tr.language == "en" and tr.text
+        hyps.append(tr.text)
+    wer = word_error_rate([u["text"] for u in truth], hyps)
+    logger.info("tiny.en WER %.3f, %.2f s/utterance: %s", wer, float(np.mean(times)), hyps)
+    assert wer <= 0.30, (wer, hyps)
+
+
+def test_empty_audio_and_silence(tiny):
+    tr = tiny.transcribe(np.zeros(0, np.float32), utterance_id=7)
+    assert tr.text == "" and tr.utterance_id == 7
+    assert tiny.transcribe(np.zeros(SR, np.float32), utterance_id=8).text == ""
+
+
+# ---------------------------------------------------------------------------- early ASR bookkeeping
+def pending(segment: int, start: int, end: int) -> EndpointPending:
+    return EndpointPending(segment, np.zeros(end - start, np.float32), start, end, start * 62_500, end * 62_500)
+
+
+def final(segment: int, start: int, end: int) -> SpeechEnd:
+    return SpeechEnd(segment, np.zeros(end - start, np.float32), start, end, start * 62_500, end * 62_500,
+                     start + 1600, end - 1600, 0, 0)
+
+
+def test_early_result_reused_when_audio_only_gains_padding():
+    fake = FakeWhisper()
+    early = EarlyTranscriber(Transcriber(model=fake), max_extension_samples=1600)
+    job = early.on_event(pending(0, 1000, 9000))
+    assert job is not None and job.run().utterance_id == PROVISIONAL_ID
+    tr, reused = early.finish(final(0, 1000, 10_600), utterance_id=42)
+    assert reused and tr.utterance_id == 42 and tr.text == "heard 8000"
+    assert fake.calls == [8000] and early.pending is None
+
+
+@pytest.mark.parametrize("end", [
+    final(0, 1000, 10_601),  # grew by more than the padding
+    final(0, 1200, 10_600),  # another start
+    final(1, 1000, 10_600),  # another segment
+])
+def test_early_result_not_reused_for_other_audio(end):
+    fake = FakeWhisper()
+    early = EarlyTranscriber(Transcriber(model=fake), max_extension_samples=1600)
+    early.on_event(pending(0, 1000, 9000)).run()
+    tr, reused = early.finish(end, utterance_id=3)
+    assert not reused and tr.text == f"heard {end.audio.size}" and len(fake.calls) == 2
+
+
+def test_speech_resumed_cancels_pending():
+    fake = FakeWhisper()
+    early = EarlyTranscriber(Transcriber(model=fake), max_extension_samples=1600)
+    job = early.on_event(pending(0, 1000, 9000))
+    early.on_event(SpeechResumed(0, 9500, 0))
+    assert job.cancelled and early.pending is None and job.run() is None and fake.calls == []
+    tr, reused = early.finish(final(0, 1000, 10_600), utterance_id=1)
+    assert not reused and fake.calls == [9600]
+    assert early.stats == {"started": 1, "reused": 0, "discarded": 1}
+
+
+def test_unfinished_job_is_not_reused():
+    early = EarlyTranscriber(Transcriber(model=FakeWhisper()), max_extension_samples=1600)
+    early.on_event(pending(0, 1000, 9000))  # never run (still running elsewhere)
+    assert early.reusable(final(0, 1000, 10_600)) is None
+
+
+def test_early_asr_over_segmenter_events():
+    """Driven by the real segmenter on the fixture, every final reuses its early transcript."""
+    audio, truth = load_dialogue()
+    seg = Segmenter()
+    fake = FakeWhisper()
+    early = EarlyTranscriber.for_segmenter(Transcriber(model=fake), seg.config)
+    finals = []
+    events = []
+    for i in range(0, audio.size, 1600):
+        events += seg.push(audio[i : i + 1600], i * 62_500)
+    for ev in events + seg.flush():
+        job = early.on_event(ev)
+        if job is not None:
+            job.run()
+        if isinstance(ev, SpeechEnd):
+            finals.append(early.finish(ev, utterance_id=len(finals)))
+    assert len(finals) == len(truth) and all(reused for _, reused in finals)
+    assert [t.utterance_id for t, _ in finals] == list(range(len(truth)))
+    assert early.stats["reused"] == len(truth)
+    assert early.stats["started"] == len(truth) + early.stats["discarded"]
+
+
+# ---------------------------------------------------------------------------- WER helper
+def test_word_error_rate():
+    assert normalize("Hello, World! It's   me.") == ["hello", "world", "it's", "me"]
+    assert edit_distance(["a", "b", "c"], ["a", "x", "c", "d"]) == 2
+    assert word_error_rate("the cat sat", "The cat sat.") == 0.0
+    assert word_error_rate(["a b", "c d"], ["a", "c d e"]) == pytest.approx(2 / 4)
+    assert word_error_rate("", "") == 0.0
+    with pytest.raises(ValueError):
+        word_error_rate(["a"], ["a", "b"])

@@ -335,7 +335,10 @@ class FakeTextFeaturizer:
     """Stands in for the MiniLM encoder in this unit test: text length in every dim."""
 
     def __init__(self, dim: int = 384) -> None:
+        from emostream.model.features.spec import text_spec
+
         self.dim = dim
+        self.spec = text_spec(weights_id="fake-text-length", dim=dim)
         self.calls: list[list[str]] = []
 
     def __call__(self, texts: list[str]) -> np.ndarray:
@@ -422,7 +425,7 @@ def test_extract_cli_text_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     out = tmp_path / "feats"
     argv = ["--dataset", "meld", "--csv", str(path), "--out", str(out), "--no-progress"]
     assert extract_mod.main(argv) == 0  # no media: audio/visual are dropped, text only
-    folder = out / "meld_dev"
+    (folder,) = out.glob("meld_dev-*")
     index = json.loads((folder / "index.json").read_text())
     assert index["dialogues"] == ["0", "1"] and index["labels"] == list(MELD_LABELS)
     assert index["feature_spec"]["audio"] is None and index["feature_spec"]["text"]["dim"] == 384

@@ -7,8 +7,6 @@ stopped. The same extractors serve the realtime worker (DESIGN §4).
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +15,7 @@ from typing import Any
 
 from emostream.model.batch import DialogueFeatures
 from emostream.model.config import MODALITIES
-from emostream.model.data.cache import FeatureCache, cache_folder
+from emostream.model.data.cache import FeatureCache
 from emostream.model.data.records import Dataset, DialogueRecord
 
 logger = logging.getLogger(__name__)
@@ -132,34 +130,19 @@ def _load(args: argparse.Namespace) -> Dataset:
 
 
 def _featurizer(modality: str) -> Any:
-    import importlib
+    from emostream.model.data.features import build_featurizers
 
-    module, name = _FEATURIZERS[modality]
     try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise RuntimeError(f"the {modality} extractor ({module}.{name}) is not available: {e}") from e
-    return cls()
-
-
-def _modality_spec(featurizer: Any, default: Any) -> Any:
-    """The ModalitySpec an extractor reports (its `spec`), else the default; None without one."""
-    from emostream.model.features.spec import ModalitySpec
-
-    if featurizer is None:
-        return None
-    own = getattr(featurizer, "spec", None)
-    return own if isinstance(own, ModalitySpec) else default
-
-
-def _has_media(dataset: Dataset) -> bool:
-    return any(u.media is not None or u.video is not None for d in dataset.dialogues() for u in d.utterances)
+        return build_featurizers([modality])[modality]
+    except (ImportError, OSError) as e:
+        raise RuntimeError(f"the {modality} extractor is not available: {e}") from e
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from emostream.model.features.spec import default_feature_spec
+
+    from emostream.model.data.features import dataset_features, usable_modalities
 
     modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
     bad = [m for m in modalities if m not in MODALITIES]
@@ -168,50 +151,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         dataset = _load(args)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"emostream extract: {e}")
-        return 2
-    if not _has_media(dataset):
-        dropped = [m for m in modalities if m != "text"]
-        if dropped:
-            logger.warning("%s/%s has no media files: extracting text only (not %s)", dataset.name, dataset.split, dropped)
-        modalities = [m for m in modalities if m == "text"]
+        modalities = list(usable_modalities(dataset, modalities))
         if not modalities:
             print("emostream extract: the dataset has no media files and text was not requested: nothing to do")
             return 2
-
-    default = default_feature_spec()
-    try:
         featurizers = {m: _featurizer(m) for m in modalities}
-    except RuntimeError as e:
+        dialogues, _ = dataset_features(dataset, modalities, args.out, featurizers=featurizers,
+                                        progress=not args.no_progress, limit=args.limit)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"emostream extract: {e}")
         return 2
-    # the spec of what is actually extracted: each extractor's own spec when it has one
-    spec = dataclasses.replace(default, **{m: _modality_spec(featurizers.get(m), getattr(default, m)) for m in MODALITIES})
-    folder = cache_folder(args.out, dataset.name, dataset.split)
-    try:
-        cache = FeatureCache(folder, spec.to_dict(), dataset.labels)
-    except ValueError as e:
-        print(f"emostream extract: {e}")
-        return 2
-    featurize = functools.partial(
-        _featurize,
-        labels=dataset.labels,
-        text=featurizers.get("text"),
-        audio=featurizers.get("audio"),
-        visual=featurizers.get("visual"),
-        text_dim=(spec.text or default.text).dim,  # type: ignore[union-attr]
-        audio_dim=(spec.audio or default.audio).dim,  # type: ignore[union-attr]
-        visual_dim=(spec.visual or default.visual).dim,  # type: ignore[union-attr]
-        max_frames=spec.max_frames,
-        max_fps=spec.max_fps,
-    )
-    stats = extract_dataset(dataset, cache, featurize, progress=not args.no_progress, limit=args.limit)
-    print(f"{folder}: {stats.summary()}")
+    utterances = sum(len(d) for d in dialogues)
+    print(f"{dataset.name}/{dataset.split}: {len(dialogues)} dialogues, {utterances} utterances cached under {args.out}")
     return 0
-
-
-def _featurize(record: DialogueRecord, **kwargs: Any) -> DialogueFeatures:
-    from emostream.model.data.featurize import featurize_dialogue
-
-    return featurize_dialogue(record, **kwargs)

@@ -1,0 +1,406 @@
+// emostream browser client: protocol v1 over ws(s)://<this host>/ws (see docs/protocol.md).
+// Vanilla JS, no dependencies. All text from the server goes through textContent.
+"use strict";
+
+(function () {
+  const PROTOCOL_VERSION = 1;
+  const TIMELINE_WINDOW_MS = 60000;
+  const MAX_UTTERANCES = 200;
+  const PING_EVERY_MS = 5000;
+  const BACKOFF_MIN_MS = 500;
+  const BACKOFF_MAX_MS = 10000;
+
+  // One colour per emotion, the same everywhere (bars, badges, timeline).
+  const LABEL_COLOURS = {
+    anger: "#e5484d", angry: "#e5484d",
+    joy: "#f5c400", happy: "#f5c400", happiness: "#f5c400", excited: "#ffb224",
+    sadness: "#0090ff", sad: "#0090ff",
+    fear: "#8e4ec6", fearful: "#8e4ec6",
+    surprise: "#f76b15", surprised: "#f76b15",
+    disgust: "#30a46c", disgusted: "#30a46c",
+    neutral: "#8b8d98", calm: "#8b8d98",
+    frustration: "#d6409f", frustrated: "#d6409f",
+    contempt: "#a18072",
+  };
+  const FALLBACK = ["#12a594", "#d6409f", "#3e63dd", "#a18072", "#86ead4", "#e54666", "#99d52a", "#ad7f58", "#5b5bd6", "#00a2c7"];
+
+  function colourOf(label) {
+    const key = String(label || "").toLowerCase();
+    if (LABEL_COLOURS[key]) return LABEL_COLOURS[key];
+    let h = 0;
+    for (let i = 0; i < key.length; i++) h = (h * 31 + key.charCodeAt(i)) >>> 0;
+    return FALLBACK[h % FALLBACK.length];
+  }
+  function inkOn(hex) { // readable text colour on a label colour
+    const n = parseInt(hex.slice(1), 16);
+    const r = (n >> 16) & 255, g = (n >> 8) & 255, b = n & 255;
+    return (0.299 * r + 0.587 * g + 0.114 * b) > 150 ? "#111" : "#fff";
+  }
+
+  const $ = (id) => document.getElementById(id);
+  function el(tag, cls, text) {
+    const node = document.createElement(tag);
+    if (cls) node.className = cls;
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+  const pct = (p) => (p * 100).toFixed(p >= 0.995 || p < 0.0995 ? 0 : 1) + "%";
+  const fmtMs = (ms) => (ms === null || ms === undefined) ? "–" : (ms >= 1000 ? (ms / 1000).toFixed(2) + " s" : Math.round(ms) + " ms");
+  const speakerName = (s) => (typeof s === "number" ? "Speaker " + (s + 1) : String(s));
+
+  // ---------------------------------------------------------------------------------------
+  // state
+
+  const state = {
+    labels: [],
+    interim: true,
+    utterances: new Map(), // id -> {id, speaker, tStart, tEnd, text, label, confidence, probs, final, flags, ended}
+    order: [],
+    lastStreamMs: null, // latest stream time seen, and when (performance.now())
+    lastWall: 0,
+    latencies: [],
+    pingSent: new Map(),
+    pipelineDrops: 0,
+  };
+
+  function utt(id, speaker) {
+    let u = state.utterances.get(id);
+    if (!u) {
+      u = { id, speaker, tStart: null, tEnd: null, text: "", label: null, confidence: null, probs: null,
+            final: false, flags: [], ended: false, node: null, seg: null };
+      state.utterances.set(id, u);
+      state.order.push(id);
+      while (state.order.length > MAX_UTTERANCES) {
+        const old = state.utterances.get(state.order.shift());
+        state.utterances.delete(old.id);
+        if (old.node) old.node.remove();
+        if (old.seg) old.seg.remove();
+      }
+    }
+    if (speaker !== undefined && speaker !== null) u.speaker = speaker;
+    return u;
+  }
+  function seeStreamTime(ms) {
+    if (typeof ms !== "number") return;
+    if (state.lastStreamMs === null || ms >= state.lastStreamMs) {
+      state.lastStreamMs = ms;
+      state.lastWall = performance.now();
+    }
+  }
+  function streamNow() {
+    if (state.lastStreamMs === null) return null;
+    return state.lastStreamMs + (performance.now() - state.lastWall);
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // rendering
+
+  function renderLabels() {
+    const bars = $("bars");
+    bars.replaceChildren();
+    const legend = $("legend");
+    legend.replaceChildren();
+    for (const label of state.labels) {
+      const c = colourOf(label);
+      const row = el("div", "bar");
+      row.setAttribute("role", "listitem");
+      row.dataset.label = label;
+      row.style.setProperty("--c", c);
+      const track = el("div", "track");
+      track.appendChild(el("div", "fill"));
+      row.append(el("span", "name", label), track, el("span", "pct", "–"));
+      bars.appendChild(row);
+      const item = el("span");
+      const sw = el("span", "swatch");
+      sw.style.background = c;
+      item.append(sw, document.createTextNode(label));
+      legend.appendChild(item);
+    }
+  }
+
+  function renderNow(msg) {
+    const c = colourOf(msg.label);
+    $("now").dataset.final = String(msg.final);
+    $("now-interim").hidden = !!msg.final;
+    $("now-speaker").textContent = speakerName(msg.speaker);
+    $("now-label").textContent = msg.label;
+    $("now-swatch").style.background = c;
+    $("now-confidence").textContent = pct(msg.confidence) + " confidence" + (msg.final ? "" : " (interim)");
+    $("now-text").textContent = msg.text ? "“" + msg.text + "”" : "";
+    const bars = $("bars");
+    bars.classList.toggle("interim", !msg.final);
+    for (const row of bars.children) {
+      const p = msg.probs[row.dataset.label];
+      const v = typeof p === "number" ? p : 0;
+      row.querySelector(".fill").style.width = (v * 100).toFixed(1) + "%";
+      row.querySelector(".pct").textContent = typeof p === "number" ? pct(v) : "–";
+      row.classList.toggle("top", row.dataset.label === msg.label);
+    }
+    // labels the hello did not announce: add a row so nothing is hidden
+    for (const label of Object.keys(msg.probs)) {
+      if (!state.labels.includes(label)) { state.labels.push(label); renderLabels(); renderNow(msg); return; }
+    }
+  }
+
+  function renderUtt(u) {
+    const list = $("transcript");
+    const stick = list.scrollTop + list.clientHeight >= list.scrollHeight - 40; // follow the newest line
+    if (!u.node) {
+      u.node = el("li", "utt");
+      const stripe = el("div", "stripe");
+      const body = el("div", "body");
+      const head = el("div", "head");
+      head.append(el("span", "speaker"), el("span", "label"), el("span", "conf"), el("span", "tag"), el("span", "flags"));
+      body.append(head, el("div", "text"));
+      u.node.append(stripe, body);
+      list.appendChild(u.node);
+      $("transcript-empty").hidden = true;
+    }
+    const stateName = u.final ? "final" : (u.label ? "interim" : "speaking");
+    u.node.dataset.state = stateName;
+    u.node.dataset.id = String(u.id);
+    const c = u.label ? colourOf(u.label) : null;
+    if (c) u.node.style.setProperty("--c", c); else u.node.style.removeProperty("--c");
+    const head = u.node.querySelector(".head");
+    head.querySelector(".speaker").textContent = speakerName(u.speaker);
+    const labelNode = head.querySelector(".label");
+    labelNode.replaceChildren();
+    if (u.label) {
+      const sw = el("span", "swatch");
+      sw.style.background = c;
+      labelNode.append(sw, document.createTextNode(u.label));
+    }
+    head.querySelector(".conf").textContent = u.confidence !== null ? pct(u.confidence) : "";
+    const tag = head.querySelector(".tag");
+    tag.textContent = stateName === "final" ? "" : stateName;
+    tag.hidden = stateName === "final";
+    head.querySelector(".flags").textContent = u.flags.length ? u.flags.join(" · ") : "";
+    u.node.querySelector(".text").textContent = u.text;
+    u.node.title = u.probs ? Object.entries(u.probs).map(([k, v]) => k + " " + pct(v)).join(", ") : "";
+    if (stick) list.scrollTop = list.scrollHeight;
+  }
+
+  function renderTimeline() {
+    const tl = $("timeline");
+    const now = streamNow();
+    if (now === null) return;
+    const from = now - TIMELINE_WINDOW_MS;
+    for (const id of state.order) {
+      const u = state.utterances.get(id);
+      if (u.tStart === null) continue;
+      const end = u.tEnd !== null ? u.tEnd : now;
+      if (end < from) { if (u.seg) { u.seg.remove(); u.seg = null; } continue; }
+      if (!u.seg) {
+        u.seg = el("div", "seg");
+        u.seg.appendChild(el("span", "who"));
+        tl.appendChild(u.seg);
+      }
+      const left = Math.max(0, (u.tStart - from) / TIMELINE_WINDOW_MS) * 100;
+      const right = Math.min(1, (end - from) / TIMELINE_WINDOW_MS) * 100;
+      u.seg.style.left = left.toFixed(2) + "%";
+      u.seg.style.width = Math.max(0.3, right - left).toFixed(2) + "%";
+      const c = u.label ? colourOf(u.label) : null;
+      if (c) { u.seg.style.setProperty("--c", c); u.seg.querySelector(".who").style.color = inkOn(c); }
+      u.seg.classList.toggle("interim", !!u.label && !u.final);
+      u.seg.classList.toggle("speaking", !u.label);
+      u.seg.querySelector(".who").textContent = speakerName(u.speaker) + (u.label ? " · " + u.label : "");
+      u.seg.title = speakerName(u.speaker) + ": " + (u.text || "…") + (u.label ? " [" + u.label + " " + pct(u.confidence) + (u.final ? "" : ", interim") + "]" : "");
+    }
+  }
+
+  function setStat(id, text, alert) {
+    const node = $(id);
+    node.textContent = text;
+    node.classList.toggle("alert", !!alert);
+  }
+
+  function banner(kind, code, text, sticky) {
+    const box = $("banners");
+    const key = kind + ":" + code;
+    let node = box.querySelector('[data-key="' + CSS.escape(key) + '"]');
+    if (!node) {
+      node = el("div", "banner " + kind);
+      node.dataset.key = key;
+      node.append(el("span", "code", code), el("span", "msg"));
+      const close = el("button", null, "dismiss");
+      close.type = "button";
+      close.addEventListener("click", () => node.remove());
+      node.appendChild(close);
+      box.appendChild(node);
+    }
+    node.querySelector(".msg").textContent = text;
+    clearTimeout(node._timer);
+    if (!sticky) node._timer = setTimeout(() => node.remove(), 8000);
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // messages
+
+  const handlers = {
+    hello(msg) {
+      state.labels = Array.isArray(msg.labels) ? msg.labels.slice() : [];
+      state.interim = msg.interim !== false;
+      $("interim-toggle").checked = state.interim;
+      renderLabels();
+      const mods = (msg.modalities || []).join(" + ") || "–";
+      const rates = msg.sample_rates || {};
+      $("meta").textContent = "model " + msg.model + " · modalities " + mods + " · audio " + (rates.audio_hz || "–") +
+        " Hz" + (rates.video_fps ? " · video " + rates.video_fps + " fps" : "") + " · session " + msg.session +
+        " · server " + msg.server_version + " · protocol v" + msg.v;
+    },
+    utterance(msg) {
+      seeStreamTime(msg.t_ms);
+      const u = utt(msg.utterance_id, msg.speaker);
+      if (msg.event === "start") { u.tStart = msg.t_ms; $("now-speaker").textContent = speakerName(msg.speaker); }
+      else { u.tEnd = msg.t_ms; u.ended = true; if (u.tStart === null) u.tStart = msg.t_ms; }
+      renderUtt(u);
+    },
+    transcript(msg) {
+      const u = utt(msg.utterance_id, msg.speaker);
+      u.text = msg.text;
+      renderUtt(u);
+    },
+    prediction(msg) {
+      seeStreamTime(msg.t_end_ms);
+      const u = utt(msg.utterance_id, msg.speaker);
+      if (u.final && !msg.final) return; // a late interim never overrides the final
+      Object.assign(u, { label: msg.label, confidence: msg.confidence, probs: msg.probs, final: msg.final,
+                         flags: msg.flags || [] });
+      if (msg.text) u.text = msg.text;
+      if (u.tStart === null) u.tStart = msg.t_start_ms;
+      if (msg.final) u.tEnd = msg.t_end_ms;
+      renderUtt(u);
+      renderNow(msg);
+      if (msg.final && typeof msg.latency_ms === "number") { // latency of final predictions
+        setStat("stat-latency", fmtMs(msg.latency_ms));
+        state.latencies.push(msg.latency_ms);
+        if (state.latencies.length > 50) state.latencies.shift();
+        const avg = state.latencies.reduce((a, b) => a + b, 0) / state.latencies.length;
+        setStat("stat-latency-avg", fmtMs(avg));
+      }
+    },
+    metrics(msg) {
+      if (typeof msg.t_ms === "number") seeStreamTime(msg.t_ms);
+      const drops = msg.drops || {};
+      const clientDrops = drops.client || 0;
+      let pipeline = 0;
+      for (const [k, v] of Object.entries(drops)) if (k !== "client") pipeline += v;
+      setStat("stat-drops-client", String(clientDrops), clientDrops > 0);
+      setStat("stat-drops-pipeline", String(pipeline), pipeline > 0);
+      setStat("stat-rtf", typeof msg.rtf === "number" ? msg.rtf.toFixed(2) : "–", msg.rtf > 1);
+      const q = Object.entries(msg.queues || {}).map(([k, v]) => k + " " + v).join(", ");
+      setStat("stat-queues", q || "–");
+      if (typeof msg.clients === "number") setStat("stat-clients", String(msg.clients));
+    },
+    status(msg) {
+      let text = msg.message;
+      if (Array.isArray(msg.modalities)) text += " (modalities: " + (msg.modalities.join(" + ") || "none") + ")";
+      banner(msg.level || "info", msg.code, text, msg.level !== "info");
+    },
+    error(msg) { banner("error", msg.code, msg.message, false); },
+    pong(msg) {
+      const sent = state.pingSent.get(msg.id);
+      if (sent !== undefined) {
+        state.pingSent.delete(msg.id);
+        setStat("stat-rtt", fmtMs(performance.now() - sent));
+      }
+    },
+  };
+
+  function onMessage(event) {
+    if (typeof event.data !== "string") return;
+    let msg;
+    try { msg = JSON.parse(event.data); } catch (e) { console.warn("emostream: bad JSON", e); return; }
+    if (!msg || typeof msg !== "object") return;
+    if (msg.v !== PROTOCOL_VERSION) {
+      banner("error", "bad_version", "the server speaks protocol v" + msg.v + "; this page speaks v" + PROTOCOL_VERSION, true);
+      return;
+    }
+    const handler = handlers[msg.type];
+    if (handler) handler(msg); // unknown types are ignored (protocol rule)
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // connection with automatic reconnect
+
+  let ws = null;
+  let attempt = 0;
+  let retryTimer = null;
+  let pingTimer = null;
+  let pingId = 0;
+
+  function wsUrl() {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const token = new URLSearchParams(location.search).get("token");
+    return scheme + "//" + location.host + "/ws" + (token ? "?token=" + encodeURIComponent(token) : "");
+  }
+
+  function setConn(stateName, text) {
+    $("conn").dataset.state = stateName;
+    $("conn-text").textContent = text;
+  }
+
+  function send(obj) {
+    if (ws && ws.readyState === WebSocket.OPEN) {
+      ws.send(JSON.stringify(Object.assign({ v: PROTOCOL_VERSION }, obj)));
+      return true;
+    }
+    return false;
+  }
+
+  function connect() {
+    clearTimeout(retryTimer);
+    setConn("connecting", attempt ? "reconnecting…" : "connecting…");
+    const sock = new WebSocket(wsUrl());
+    ws = sock;
+    sock.onopen = () => {
+      attempt = 0;
+      setConn("open", "live");
+      if (!state.interim) send({ type: "config", interim: false });
+      clearInterval(pingTimer);
+      pingTimer = setInterval(() => {
+        const id = ++pingId;
+        state.pingSent.set(id, performance.now());
+        if (state.pingSent.size > 10) state.pingSent.delete(state.pingSent.keys().next().value);
+        send({ type: "ping", id });
+      }, PING_EVERY_MS);
+    };
+    sock.onmessage = onMessage;
+    sock.onclose = (ev) => {
+      if (ws !== sock) return;
+      clearInterval(pingTimer);
+      const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** attempt) * (0.75 + Math.random() * 0.5);
+      attempt += 1;
+      const until = performance.now() + delay;
+      const why = ev.code === 1001 ? "server went away" : (ev.code === 1006 ? "connection lost" : "closed (" + ev.code + ")");
+      const tick = () => {
+        const left = Math.max(0, until - performance.now());
+        setConn(attempt > 1 ? "closed" : "waiting", why + " · retry in " + (left / 1000).toFixed(1) + " s");
+        if (left > 0) retryTimer = setTimeout(tick, 200); else connect();
+      };
+      tick();
+    };
+    sock.onerror = () => { /* onclose follows and schedules the retry */ };
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // controls
+
+  $("reset-btn").addEventListener("click", () => {
+    if (send({ type: "reset" })) {
+      for (const u of state.utterances.values()) { if (u.node) u.node.remove(); if (u.seg) u.seg.remove(); }
+      state.utterances.clear();
+      state.order = [];
+      $("transcript-empty").hidden = false;
+      banner("info", "reset", "dialogue reset", false);
+    }
+  });
+  $("interim-toggle").addEventListener("change", (e) => {
+    state.interim = e.target.checked;
+    send({ type: "config", interim: state.interim });
+  });
+
+  renderLabels();
+  setInterval(renderTimeline, 250);
+  connect();
+})();

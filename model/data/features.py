@@ -1,0 +1,139 @@
+"""Datasets -> cached feature dialogues, with the featurizers and spec for the chosen modalities.
+
+One path for `emostream extract`, `train` and `evaluate`: build the extractors of
+`emostream.model.features` for the requested modalities, extract every dialogue not yet in the
+cache (resumable), and return the dialogues with the feature spec actually used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from emostream.model.batch import DialogueFeatures
+from emostream.model.config import MODALITIES
+from emostream.model.data.cache import FeatureCache, cache_folder
+from emostream.model.data.extract import extract_dataset
+from emostream.model.data.records import Dataset
+
+logger = logging.getLogger(__name__)
+
+
+def build_featurizers(modalities: Sequence[str], text_encoder: str = "all-MiniLM-L6-v2",
+                      audio_features: str = "eGeMAPSv02") -> dict[str, Any]:
+    """The extractors for `modalities` (lazy imports: only what is asked for is loaded)."""
+    out: dict[str, Any] = {}
+    for m in modalities:
+        if m not in MODALITIES:
+            raise ValueError(f"unknown modality {m!r}; expected a subset of {MODALITIES}")
+        if m == "text":
+            from emostream.model.features.text import TextFeaturizer
+
+            out[m] = TextFeaturizer(text_encoder)
+        elif m == "audio":
+            from emostream.model.features.audio import AudioFeaturizer
+
+            out[m] = AudioFeaturizer(audio_features)
+        else:
+            from emostream.model.features.visual import VisualFeaturizer
+
+            out[m] = VisualFeaturizer()
+    return out
+
+
+def spec_for(featurizers: dict[str, Any]) -> Any:
+    """The FeatureSpec of these extractors; modalities without one are None."""
+    from emostream.model.features.spec import default_feature_spec
+
+    default = default_feature_spec()
+    return dataclasses.replace(default, **{m: (featurizers[m].spec if m in featurizers else None) for m in MODALITIES})
+
+
+def has_media(dataset: Dataset) -> bool:
+    return any(u.media is not None or u.video is not None for d in dataset.dialogues() for u in d.utterances)
+
+
+def usable_modalities(dataset: Dataset, modalities: Sequence[str]) -> tuple[str, ...]:
+    """Audio and visual need media files; without any, only text is extracted (with a warning)."""
+    modalities = tuple(m for m in MODALITIES if m in modalities)
+    if has_media(dataset):
+        return modalities
+    dropped = [m for m in modalities if m != "text"]
+    if dropped:
+        logger.warning("%s/%s has no media files: extracting text only (not %s)", dataset.name, dataset.split, dropped)
+    return tuple(m for m in modalities if m == "text")
+
+
+def cache_key(spec_dict: dict[str, Any], dataset: Dataset) -> str:
+    """Hash of the feature spec and of the dataset's content (ids, order, speakers, text, labels, media)."""
+    h = hashlib.sha256(json.dumps(spec_dict, sort_keys=True).encode())
+    for d in dataset.dialogues():
+        for u in d.utterances:
+            h.update(repr((d.dialogue_id, u.order, u.speaker, u.text, u.label, str(u.media), str(u.video),
+                           u.start_s, u.end_s)).encode())
+    return h.hexdigest()[:12]
+
+
+def dataset_features(
+    dataset: Dataset, modalities: Sequence[str], cache_root: str | Path, *, text_encoder: str = "all-MiniLM-L6-v2",
+    featurizers: dict[str, Any] | None = None, progress: bool = True, limit: int | None = None,
+) -> tuple[list[DialogueFeatures], dict[str, Any]]:
+    """Extract (or reuse) the features of every dialogue; returns them and the spec as a dict.
+
+    The cache lives in `<cache_root>/<dataset>_<split>-<hash>`, the hash covering the feature spec
+    and the dataset's content, so different extractors or different files never share a cache.
+    """
+    from emostream.model.data.featurize import featurize_dialogue
+
+    modalities = usable_modalities(dataset, modalities)
+    if not modalities:
+        raise ValueError(f"{dataset.name}/{dataset.split}: nothing to extract (no media and no text requested)")
+    featurizers = featurizers if featurizers is not None else build_featurizers(modalities, text_encoder)
+    featurizers = {m: f for m, f in featurizers.items() if m in modalities}
+    spec = spec_for(featurizers)
+    spec_dict = spec.to_dict()
+    folder = cache_folder(cache_root, dataset.name, dataset.split)
+    folder = folder.with_name(f"{folder.name}-{cache_key(spec_dict, dataset)}")
+    cache = FeatureCache(folder, spec_dict, dataset.labels)
+    dims = {m: (getattr(spec, m) or _default(m)).dim for m in MODALITIES}
+    featurize = functools.partial(
+        featurize_dialogue, labels=dataset.labels, text=featurizers.get("text"), audio=featurizers.get("audio"),
+        visual=featurizers.get("visual"), text_dim=dims["text"], audio_dim=dims["audio"], visual_dim=dims["visual"],
+        max_frames=spec.max_frames, max_fps=spec.max_fps,
+    )
+    extract_dataset(dataset, cache, featurize, progress=progress, limit=limit)
+    wanted = dataset.dialogues()[:limit] if limit is not None else dataset.dialogues()
+    return [cache.get(d.dialogue_id) for d in wanted], spec_dict
+
+
+def _default(modality: str) -> Any:
+    from emostream.model.features.spec import default_feature_spec
+
+    return getattr(default_feature_spec(), modality)
+
+
+def load_split(cfg: Any, which: str, labels: Sequence[str] | None = None, split: str | None = None) -> Dataset:
+    """The split at `cfg.<which>` of a TrainConfig-like object (dataset kind, paths, options).
+
+    split: the split's name (default: `which`).
+    """
+    from emostream.model.data.registry import load_dataset
+
+    path = getattr(cfg, which)
+    if not path:
+        raise ValueError(f"no {which} split given (set {which}=PATH)")
+    if cfg.dataset == "iemocap":
+        sessions = [int(s) for s in str(getattr(cfg, f"{which}_sessions")).split(",") if s.strip()]
+        return load_dataset("iemocap", path, sessions=sessions, split=split or which)
+    if cfg.dataset == "meld":
+        return load_dataset("meld", path, media_dir=cfg.media_dir or "auto", split=split or which)
+    if cfg.dataset == "csv":
+        explicit = labels or ([s.strip() for s in cfg.labels.split(",") if s.strip()] if cfg.labels else None)
+        return load_dataset("csv", path, labels=explicit, columns=cfg.columns or None, split=split or which)
+    raise ValueError(f"unknown dataset kind {cfg.dataset!r}: meld, iemocap or csv")

@@ -1,0 +1,123 @@
+"""Text features: a Hugging Face encoder, mean-pooled over real tokens (all-MiniLM-L6-v2 -> 384-d).
+
+`TextEncoderModule` is the exportable part (token ids + mask in, pooled vector out, no Python
+control flow on data); `TextFeaturizer` adds the tokenizer, batching and numpy in/out. Any local
+HF encoder folder (e.g. a RoBERTa-base download) or cached hub name works as `ref`; nothing is
+ever downloaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from emostream.model.features.spec import ModalitySpec, text_spec
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TEXT_REF = "all-MiniLM-L6-v2"
+MAX_LENGTH = 128
+
+
+class TextEncoderModule(nn.Module):
+    """(input_ids (B, L) int64, attention_mask (B, L) int64) -> (B, D) mean-pooled embedding."""
+
+    def __init__(self, encoder: nn.Module, normalize: bool = True) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.normalize = normalize  # L2-normalise, as sentence-transformers does for MiniLM
+
+    @property
+    def dim(self) -> int:
+        return int(self.encoder.config.hidden_size)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        hidden = out.last_hidden_state  # (B, L, D)
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
+        summed = (hidden * mask).sum(dim=1)  # (B, D)
+        count = mask.sum(dim=1).clamp(min=1e-9)  # (B, 1)
+        pooled = summed / count  # (B, D)
+        if self.normalize:  # a static flag, not data-dependent
+            pooled = F.normalize(pooled, p=2.0, dim=-1)
+        return pooled
+
+
+def load_text_module(
+    ref: str | os.PathLike[str] = DEFAULT_TEXT_REF, normalize: bool = True, **model_kwargs: Any
+) -> tuple[TextEncoderModule, Any]:
+    """(TextEncoderModule in eval mode, its tokenizer), loaded from local files only."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from emostream.model.features.weights import resolve
+
+    path = resolve(ref)
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    encoder = AutoModel.from_pretrained(str(path), local_files_only=True, **model_kwargs)
+    logger.debug("loaded text encoder %s from %s", ref, path)
+    return TextEncoderModule(encoder, normalize=normalize).eval(), tokenizer
+
+
+class TextFeaturizer:
+    """texts -> (n, D) float32 sentence vectors. An empty string is allowed (gives a vector)."""
+
+    def __init__(
+        self,
+        ref: str | os.PathLike[str] = DEFAULT_TEXT_REF,
+        *,
+        max_length: int = MAX_LENGTH,
+        batch_size: int = 32,
+        normalize: bool = True,
+        device: str | torch.device = "cpu",
+        weights_id: str | None = None,
+    ) -> None:
+        from emostream.model.features.weights import weights_id as default_weights_id
+
+        self.module, self.tokenizer = load_text_module(ref, normalize=normalize)
+        self.device = torch.device(device)
+        self.module.to(self.device)
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self._spec = text_spec(
+            weights_id=weights_id or default_weights_id(ref),
+            dim=self.module.dim,
+            max_length=max_length,
+            normalize=normalize,
+        )
+
+    @property
+    def spec(self) -> ModalitySpec:
+        return self._spec
+
+    @property
+    def dim(self) -> int:
+        return self._spec.dim
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """-> {"input_ids": (B, L) int64, "attention_mask": (B, L) int64}, padded to the longest."""
+        enc = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return {k: enc[k].to(self.device, torch.int64) for k in ("input_ids", "attention_mask")}
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        if isinstance(texts, str):
+            raise TypeError("TextFeaturizer expects a list of strings, got a single str")
+        texts = [t if t is not None else "" for t in texts]
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)  # (n, D)
+        if not texts:
+            return out
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths -> less padding
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                feeds = self.tokenize([texts[i] for i in idx])
+                vecs = self.module(feeds["input_ids"], feeds["attention_mask"])  # (b, D)
+                out[idx] = vecs.float().cpu().numpy()
+        return out

@@ -1,0 +1,563 @@
+"""Websocket protocol v1 between the realtime server and its clients (see docs/protocol.md).
+
+Every message is one JSON object in a text frame, with a `type` and the protocol version `v`.
+This module is pure: builders return plain dicts, `encode` turns one into the wire text,
+`parse_client_message` checks a client's text and returns a typed message or raises
+`ProtocolError`. `SCHEMAS` holds a JSON Schema (Draft 2020-12) for every message type.
+
+Versioning: `v` is the major version. Adding an optional field or a new message type keeps
+`v`; clients must ignore fields and server message types they do not know. Removing or renaming
+a field, or changing its meaning or type, bumps `v`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+VERSION = 1
+"""Protocol (major) version carried in every message's `v`."""
+
+SERVER_TYPES: tuple[str, ...] = ("hello", "utterance", "transcript", "prediction", "metrics", "status", "error", "pong")
+CLIENT_TYPES: tuple[str, ...] = ("reset", "config", "ping")
+ERROR_CODES: tuple[str, ...] = (
+    "bad_json",  # not JSON, or not a JSON object
+    "bad_message",  # a known type with missing, extra or ill-typed fields
+    "bad_version",  # `v` is not a version this server speaks
+    "unknown_type",  # `type` is not a client message type
+    "too_big",  # the message is over the server's size limit
+    "binary",  # a binary frame (the protocol is text only)
+    "internal",  # the server failed handling an otherwise valid message
+)
+STATUS_LEVELS: tuple[str, ...] = ("info", "warning", "error")
+
+JsonDict = dict[str, Any]
+
+
+class ProtocolError(ValueError):
+    """A client message that the server cannot accept. `code` is one of ERROR_CODES."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+# ---------------------------------------------------------------------------------------------
+# Client -> server messages
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """Forget the dialogue so far (the pipeline restarts its dialogue state)."""
+
+    type: Literal["reset"] = "reset"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Per-client options. A field left as None is not changed."""
+
+    interim: bool | None = None  # receive interim predictions (default true)
+    type: Literal["config"] = "config"
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Liveness/latency probe; the server answers `pong` echoing `id`."""
+
+    id: str | int | None = None
+    type: Literal["ping"] = "ping"
+
+
+ClientMessage = Reset | Config | Ping
+
+_CONFIG_OPTIONS: dict[str, type] = {"interim": bool}
+
+
+def _check_fields(obj: Mapping[str, Any], allowed: Iterable[str], kind: str) -> None:
+    extra = sorted(set(obj) - set(allowed) - {"type", "v"})
+    if extra:
+        raise ProtocolError("bad_message", f"unknown field(s) in {kind!r}: {', '.join(extra)}")
+
+
+def parse_client_message(text: str | bytes) -> ClientMessage:
+    """Parse one client text frame; raise ProtocolError (with a code) when it is not acceptable."""
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        raise ProtocolError("binary", "binary frames are not part of the protocol: send JSON text")
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError("bad_json", f"not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad_json", "a message must be a JSON object")
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError("bad_message", "missing string field 'type'")
+    if "v" not in obj:
+        raise ProtocolError("bad_version", f"missing field 'v' (this server speaks v{VERSION})")
+    version = obj["v"]
+    if isinstance(version, bool) or version != VERSION:
+        raise ProtocolError("bad_version", f"unsupported protocol version {version!r}; this server speaks v{VERSION}")
+    if kind == "reset":
+        _check_fields(obj, (), kind)
+        return Reset()
+    if kind == "ping":
+        _check_fields(obj, ("id",), kind)
+        ping_id = obj.get("id")
+        if ping_id is not None and (isinstance(ping_id, bool) or not isinstance(ping_id, (str, int))):
+            raise ProtocolError("bad_message", "'id' of ping must be a string or an integer")
+        if isinstance(ping_id, str) and len(ping_id) > 128:
+            raise ProtocolError("bad_message", "'id' of ping must be at most 128 characters")
+        return Ping(id=ping_id)
+    if kind == "config":
+        _check_fields(obj, _CONFIG_OPTIONS, kind)
+        options = {k: obj[k] for k in _CONFIG_OPTIONS if k in obj}
+        if not options:
+            raise ProtocolError("bad_message", f"config needs at least one of: {', '.join(_CONFIG_OPTIONS)}")
+        for key, value in options.items():
+            if not isinstance(value, _CONFIG_OPTIONS[key]):
+                raise ProtocolError("bad_message", f"config option {key!r} must be a {_CONFIG_OPTIONS[key].__name__}")
+        return Config(**options)
+    if kind in SERVER_TYPES:
+        raise ProtocolError("unknown_type", f"{kind!r} is a server message; clients may send: {', '.join(CLIENT_TYPES)}")
+    raise ProtocolError("unknown_type", f"unknown message type {kind[:64]!r}; clients may send: {', '.join(CLIENT_TYPES)}")
+
+
+def reset() -> JsonDict:
+    return {"type": "reset", "v": VERSION}
+
+
+def config(*, interim: bool | None = None) -> JsonDict:
+    msg: JsonDict = {"type": "config", "v": VERSION}
+    if interim is not None:
+        msg["interim"] = bool(interim)
+    return msg
+
+
+def ping(id: str | int | None = None) -> JsonDict:
+    msg: JsonDict = {"type": "ping", "v": VERSION}
+    if id is not None:
+        msg["id"] = id
+    return msg
+
+
+def client_message_to_dict(message: ClientMessage) -> JsonDict:
+    """The wire form of a parsed client message (inverse of parse_client_message)."""
+    if isinstance(message, Reset):
+        return reset()
+    if isinstance(message, Config):
+        return config(interim=message.interim)
+    return ping(message.id)
+
+
+# ---------------------------------------------------------------------------------------------
+# Server -> client messages
+
+
+def _num(value: float, name: str) -> float:
+    out = float(value)
+    if not math.isfinite(out):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return out
+
+
+def _ms(value: float | None, name: str) -> float | None:
+    return None if value is None else round(_num(value, name), 3)
+
+
+def _prob(value: float, name: str) -> float:
+    out = _num(value, name)
+    if not -1e-6 <= out <= 1 + 1e-6:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+    return round(min(max(out, 0.0), 1.0), 6)
+
+
+def _speaker(value: int | str) -> int | str:
+    return value if isinstance(value, str) else _uid(value)
+
+
+def _uid(value: int | str) -> int | str:
+    if isinstance(value, bool):
+        raise TypeError("utterance_id must be an int or a str, got bool")
+    if not isinstance(value, (int, str)):
+        # numpy integers and the like
+        try:
+            return int(value)  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            raise TypeError(f"utterance_id must be an int or a str, got {type(value).__name__}") from None
+    return value
+
+
+def hello(
+    *,
+    labels: Iterable[str],
+    model: str,
+    modalities: Iterable[str],
+    audio_hz: int = 16000,
+    video_fps: float | None = None,
+    session: str | None = None,
+    server_version: str | None = None,
+    client: str | None = None,
+    interim: bool = True,
+) -> JsonDict:
+    """First message on every connection: what this server recognises and how.
+
+    The server fills in `session`, `server_version`, `client` and `interim` when it sends it, so a
+    pipeline only needs labels, model, modalities and rates.
+    """
+    msg: JsonDict = {
+        "type": "hello",
+        "v": VERSION,
+        "labels": list(labels),
+        "model": model,
+        "modalities": list(modalities),
+        "sample_rates": {"audio_hz": int(audio_hz), "video_fps": None if video_fps is None else _num(video_fps, "video_fps")},
+        "interim": bool(interim),
+    }
+    if not msg["labels"]:
+        raise ValueError("hello needs at least one label")
+    if session is not None:
+        msg["session"] = session
+    if server_version is not None:
+        msg["server_version"] = server_version
+    if client is not None:
+        msg["client"] = client
+    return msg
+
+
+def utterance(
+    *, event: Literal["start", "end"], utterance_id: int | str, speaker: int | str, t_ms: float
+) -> JsonDict:
+    """Voice activity: an utterance started or ended at `t_ms` (stream time)."""
+    if event not in ("start", "end"):
+        raise ValueError(f"event must be 'start' or 'end', got {event!r}")
+    return {
+        "type": "utterance",
+        "v": VERSION,
+        "event": event,
+        "utterance_id": _uid(utterance_id),
+        "speaker": _speaker(speaker),
+        "t_ms": _ms(t_ms, "t_ms"),
+    }
+
+
+def transcript(
+    *, utterance_id: int | str, speaker: int | str, text: str, language: str | None = None
+) -> JsonDict:
+    msg: JsonDict = {
+        "type": "transcript",
+        "v": VERSION,
+        "utterance_id": _uid(utterance_id),
+        "speaker": _speaker(speaker),
+        "text": str(text),
+    }
+    if language is not None:
+        msg["language"] = str(language)
+    return msg
+
+
+def prediction(
+    *,
+    final: bool,
+    utterance_id: int | str,
+    speaker: int | str,
+    text: str,
+    probs: Mapping[str, float],
+    t_start_ms: float,
+    t_end_ms: float,
+    latency_ms: float | None = None,
+    label: str | None = None,
+    confidence: float | None = None,
+    flags: Iterable[str] = (),
+) -> JsonDict:
+    """An interim (`final=False`, while the utterance goes on) or final emotion prediction.
+
+    `label` defaults to the arg-max of `probs` and `confidence` to its probability.
+    """
+    clean = {str(k): _prob(p, f"probs[{k!r}]") for k, p in probs.items()}
+    if not clean:
+        raise ValueError("probs must not be empty")
+    if label is None:
+        label = max(clean, key=clean.__getitem__)
+    if label not in clean:
+        raise ValueError(f"label {label!r} is not one of the probs' labels")
+    conf = clean[label] if confidence is None else _prob(confidence, "confidence")
+    return {
+        "type": "prediction",
+        "v": VERSION,
+        "final": bool(final),
+        "utterance_id": _uid(utterance_id),
+        "speaker": _speaker(speaker),
+        "text": str(text),
+        "label": label,
+        "confidence": conf,
+        "probs": clean,
+        "t_start_ms": _ms(t_start_ms, "t_start_ms"),
+        "t_end_ms": _ms(t_end_ms, "t_end_ms"),
+        "latency_ms": _ms(latency_ms, "latency_ms"),
+        "flags": [str(f) for f in flags],
+    }
+
+
+def prediction_from(pred: Any, *, t0_ns: int, now_ns: int | None = None) -> JsonDict:
+    """Message for an `emostream.realtime.types.Prediction` (duck-typed: no import here).
+
+    Times become milliseconds since `t0_ns` (the stream start, monotonic clock); `latency_ms` is
+    `now_ns - pred.t_end_ns` when `now_ns` is given (the time the prediction is published).
+    """
+    latency = None if now_ns is None else (now_ns - pred.t_end_ns) / 1e6
+    return prediction(
+        final=pred.final,
+        utterance_id=pred.utterance_id,
+        speaker=pred.speaker,
+        text=pred.text,
+        probs=pred.probs,
+        label=pred.label,
+        t_start_ms=(pred.t_start_ns - t0_ns) / 1e6,
+        t_end_ms=(pred.t_end_ns - t0_ns) / 1e6,
+        latency_ms=latency,
+        flags=pred.flags,
+    )
+
+
+def metrics(
+    *,
+    queues: Mapping[str, int] | None = None,
+    drops: Mapping[str, int] | None = None,
+    timings_ms: Mapping[str, float] | None = None,
+    rtf: float | None = None,
+    t_ms: float | None = None,
+    clients: int | None = None,
+) -> JsonDict:
+    """Pipeline health. The server adds `drops.client` (this client's dropped messages) and `clients`."""
+    msg: JsonDict = {
+        "type": "metrics",
+        "v": VERSION,
+        "queues": {str(k): int(v) for k, v in (queues or {}).items()},
+        "drops": {str(k): int(v) for k, v in (drops or {}).items()},
+        "timings_ms": {str(k): round(_num(v, f"timings_ms[{k!r}]"), 3) for k, v in (timings_ms or {}).items()},
+        "rtf": None if rtf is None else round(_num(rtf, "rtf"), 4),
+    }
+    if t_ms is not None:
+        msg["t_ms"] = _ms(t_ms, "t_ms")
+    if clients is not None:
+        msg["clients"] = int(clients)
+    return msg
+
+
+def status(
+    *,
+    code: str,
+    message: str,
+    level: Literal["info", "warning", "error"] = "info",
+    modalities: Iterable[str] | None = None,
+) -> JsonDict:
+    """A change of state, e.g. code='camera_missing', level='warning', modalities=['text', 'audio']."""
+    if level not in STATUS_LEVELS:
+        raise ValueError(f"level must be one of {STATUS_LEVELS}, got {level!r}")
+    msg: JsonDict = {"type": "status", "v": VERSION, "code": str(code), "level": level, "message": str(message)}
+    if modalities is not None:
+        msg["modalities"] = list(modalities)
+    return msg
+
+
+def error(code: str, message: str) -> JsonDict:
+    if code not in ERROR_CODES:
+        raise ValueError(f"unknown error code {code!r}; known: {ERROR_CODES}")
+    return {"type": "error", "v": VERSION, "code": code, "message": str(message)}
+
+
+def error_from(exc: ProtocolError) -> JsonDict:
+    return error(exc.code, exc.message)
+
+
+def pong(id: str | int | None = None, *, t_ms: float | None = None) -> JsonDict:
+    msg: JsonDict = {"type": "pong", "v": VERSION, "id": id}
+    if t_ms is not None:
+        msg["t_ms"] = _ms(t_ms, "t_ms")
+    return msg
+
+
+def encode(msg: Mapping[str, Any]) -> str:
+    """Wire text of one message: compact JSON, UTF-8 kept as is, no NaN/Infinity (not JSON)."""
+    if msg.get("type") not in SERVER_TYPES + CLIENT_TYPES or msg.get("v") != VERSION:
+        raise ValueError(f"not a protocol v{VERSION} message: type={msg.get('type')!r} v={msg.get('v')!r}")
+    return json.dumps(msg, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON Schemas
+
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+SCHEMA_ID_BASE = "urn:emostream:protocol:v1"
+
+_STR = {"type": "string"}
+_NUM = {"type": "number"}
+_MS = {"type": "number", "description": "milliseconds"}
+_UID = {"type": ["integer", "string"], "description": "utterance id, unique within a session"}
+_SPEAKER = {"type": ["integer", "string"], "description": "speaker: a party slot number or a name"}
+_NAME_INT = {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}}
+_NAME_NUM = {"type": "object", "additionalProperties": {"type": "number"}}
+
+
+def _schema(kind: str, description: str, props: dict[str, Any], required: Iterable[str]) -> JsonDict:
+    return {
+        "$schema": SCHEMA_DIALECT,
+        "$id": f"{SCHEMA_ID_BASE}:{kind}",
+        "title": kind,
+        "description": description,
+        "type": "object",
+        "properties": {"type": {"const": kind}, "v": {"const": VERSION}, **props},
+        "required": ["type", "v", *required],
+        "additionalProperties": False,
+    }
+
+
+SCHEMAS: dict[str, JsonDict] = {
+    # server -> client
+    "hello": _schema(
+        "hello",
+        "Server -> client, first message of every connection.",
+        {
+            "session": {**_STR, "description": "id of the server's session (changes on restart)"},
+            "client": {**_STR, "description": "id the server gave this connection"},
+            "labels": {"type": "array", "items": _STR, "minItems": 1, "uniqueItems": True},
+            "model": _STR,
+            "modalities": {"type": "array", "items": {"enum": ["text", "audio", "visual"]}, "uniqueItems": True},
+            "sample_rates": {
+                "type": "object",
+                "properties": {"audio_hz": {"type": "integer", "minimum": 1}, "video_fps": {"type": ["number", "null"]}},
+                "required": ["audio_hz", "video_fps"],
+                "additionalProperties": False,
+            },
+            "server_version": _STR,
+            "interim": {"type": "boolean", "description": "whether this client receives interim predictions"},
+        },
+        ["session", "labels", "model", "modalities", "sample_rates", "server_version"],
+    ),
+    "utterance": _schema(
+        "utterance",
+        "Server -> client: an utterance started or ended (voice activity).",
+        {"event": {"enum": ["start", "end"]}, "utterance_id": _UID, "speaker": _SPEAKER, "t_ms": _MS},
+        ["event", "utterance_id", "speaker", "t_ms"],
+    ),
+    "transcript": _schema(
+        "transcript",
+        "Server -> client: the recognised text of an utterance.",
+        {"utterance_id": _UID, "speaker": _SPEAKER, "text": _STR, "language": _STR},
+        ["utterance_id", "speaker", "text"],
+    ),
+    "prediction": _schema(
+        "prediction",
+        "Server -> client: interim (final=false) or final emotion prediction for an utterance.",
+        {
+            "final": {"type": "boolean"},
+            "utterance_id": _UID,
+            "speaker": _SPEAKER,
+            "text": _STR,
+            "label": _STR,
+            "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+            "probs": {
+                "type": "object",
+                "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1},
+                "minProperties": 1,
+            },
+            "t_start_ms": _MS,
+            "t_end_ms": _MS,
+            "latency_ms": {"type": ["number", "null"], "description": "end of audio -> prediction sent, ms"},
+            "flags": {"type": "array", "items": _STR},
+        },
+        ["final", "utterance_id", "speaker", "text", "label", "confidence", "probs", "t_start_ms", "t_end_ms",
+         "latency_ms", "flags"],
+    ),
+    "metrics": _schema(
+        "metrics",
+        "Server -> client: pipeline health; drops.client counts this client's dropped messages.",
+        {
+            "t_ms": _MS,
+            "queues": _NAME_INT,
+            "drops": _NAME_INT,
+            "timings_ms": _NAME_NUM,
+            "rtf": {"type": ["number", "null"], "description": "processing time / media time"},
+            "clients": {"type": "integer", "minimum": 0},
+        },
+        ["queues", "drops", "timings_ms", "rtf"],
+    ),
+    "status": _schema(
+        "status",
+        "Server -> client: a change of state (e.g. camera missing -> audio-only).",
+        {
+            "code": _STR,
+            "level": {"enum": list(STATUS_LEVELS)},
+            "message": _STR,
+            "modalities": {"type": "array", "items": {"enum": ["text", "audio", "visual"]}, "uniqueItems": True},
+        },
+        ["code", "level", "message"],
+    ),
+    "error": _schema(
+        "error",
+        "Server -> client: the client's last message was refused; the connection stays open.",
+        {"code": {"enum": list(ERROR_CODES)}, "message": _STR},
+        ["code", "message"],
+    ),
+    "pong": _schema(
+        "pong",
+        "Server -> client: answer to ping, echoing its id.",
+        {"id": {"type": ["string", "integer", "null"]}, "t_ms": _MS},
+        ["id"],
+    ),
+    # client -> server
+    "reset": _schema("reset", "Client -> server: forget the dialogue so far.", {}, []),
+    "config": _schema(
+        "config",
+        "Client -> server: per-client options (at least one).",
+        {"interim": {"type": "boolean", "description": "receive interim predictions"}},
+        [],
+    ),
+    "ping": _schema(
+        "ping",
+        "Client -> server: liveness probe, answered by pong.",
+        {"id": {"type": ["string", "integer"], "maxLength": 128}},
+        [],
+    ),
+}
+SCHEMAS["config"]["minProperties"] = 3  # type, v and at least one option
+
+
+def protocol_schema() -> JsonDict:
+    """One schema document bundling every message: validates any server or client message."""
+    return {
+        "$schema": SCHEMA_DIALECT,
+        "$id": SCHEMA_ID_BASE,
+        "title": f"emostream websocket protocol v{VERSION}",
+        "description": "JSON text messages; see docs/protocol.md. `v` is the major version.",
+        "oneOf": [{"$ref": "#/$defs/server_message"}, {"$ref": "#/$defs/client_message"}],
+        "$defs": {
+            "server_message": {"oneOf": [{"$ref": f"#/$defs/{k}"} for k in SERVER_TYPES]},
+            "client_message": {"oneOf": [{"$ref": f"#/$defs/{k}"} for k in CLIENT_TYPES]},
+            **{k: SCHEMAS[k] for k in SERVER_TYPES + CLIENT_TYPES},
+        },
+    }
+
+
+def schema_json() -> str:
+    return json.dumps(protocol_schema(), indent=2, sort_keys=False) + "\n"
+
+
+def write_schema(path: str | Path = "docs/protocol.schema.json") -> Path:
+    """Write the bundled JSON Schema (docs/protocol.schema.json in the repo)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(schema_json(), encoding="utf-8")
+    return out
+
+
+if __name__ == "__main__":  # python -m emostream.realtime.protocol [PATH]
+    import sys
+
+    write_schema(*(sys.argv[1:2] or []))

@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
+
 from emostream.model.config import MODALITIES
 
 

@@ -34,6 +34,7 @@ class ModelConfig:
     psa_kernels: tuple[int, ...] = (3, 5, 7, 9)
     psa_reduction: int = 4
     # DialogueRNN (one per modality)
+    use_context: bool = True  # False: no DialogueRNN and a same-utterance MCN (the "no context" ablation)
     n_parties: int = 9  # P speaker slots
     global_dim: int = 256
     party_dim: int = 256
@@ -76,6 +77,8 @@ class ModelConfig:
             raise ValueError("mcn_window, memory, n_parties and max_frames must be >= 1")
         if not 0.0 < self.hard_negative_ratio <= 1.0:
             raise ValueError(f"hard_negative_ratio must be in (0, 1], got {self.hard_negative_ratio}")
+        if not self.use_context and self.mcn_window != 1:
+            object.__setattr__(self, "mcn_window", 1)
         if self.class_weights is not None and len(self.class_weights) != len(self.labels):
             raise ValueError("class_weights must have one weight per label")
 

@@ -27,11 +27,16 @@ logger = logging.getLogger(__name__)
 
 
 def text_encoder_of(ckpt: LoadedCheckpoint) -> str:
-    """The text encoder reference a checkpoint was trained with."""
+    """The text encoder reference a checkpoint was trained with: a bundled name when its weights id
+    matches one, else the reference recorded at training time."""
+    from emostream.model.features.weights import ref_for_weights_id
+
+    wid = (ckpt.feature_spec.get("text") or {}).get("weights_id")
+    bundled = ref_for_weights_id(wid) if wid else None
+    if bundled:
+        return bundled
     ref = ckpt.meta.get("train_config", {}).get("text_encoder")
-    if ref:
-        return str(ref)
-    return str((ckpt.feature_spec.get("text") or {}).get("weights_id", "all-MiniLM-L6-v2"))
+    return str(ref or wid or "all-MiniLM-L6-v2")
 
 
 def checkpoint_featurizers(ckpt: LoadedCheckpoint) -> dict[str, Any]:

@@ -6,9 +6,10 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
 from emostream.model.config import MODALITIES, ModelConfig
 from emostream.model.mcncl import MCNCLOutput
-from torch import nn
 
 
 def supcon_hard_negatives(

@@ -10,12 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
 from emostream.model.batch import DialogueBatch
 from emostream.model.config import MODALITIES, ModelConfig
 from emostream.model.dialogue_rnn import DialogueRNNCell, initial_rnn_state
 from emostream.model.mcn import MCN
 from emostream.model.psa import MaskedMeanPool, PyramidSqueezeAttention
-from torch import nn
 
 StepInputs = dict[str, torch.Tensor]
 """text (B, Dt), audio (B, Da), visual (B, F, Dv), visual_mask (B, F), present (B, 3), speaker (B,) int64."""
@@ -81,11 +82,12 @@ class MCNCL(nn.Module):
         self.rnns = nn.ModuleDict(
             {
                 m: DialogueRNNCell(d, cfg.global_dim, cfg.party_dim, cfg.emotion_dim, cfg.listener_update, cfg.dropout)
-                for m in self.modalities
+                for m in (self.modalities if cfg.use_context else ())
             }
         )
+        rnn_dim = cfg.emotion_dim if cfg.use_context else d
         self.rnn_out = nn.ModuleDict(
-            {m: nn.Sequential(nn.Linear(cfg.emotion_dim, d), nn.LayerNorm(d)) for m in self.modalities}
+            {m: nn.Sequential(nn.Linear(rnn_dim, d), nn.LayerNorm(d)) for m in self.modalities}
         )
         self.mcn = (
             MCN(self.modalities, d, cfg.mcn_heads, cfg.mcn_layers, cfg.mcn_window, cfg.ffn_mult, cfg.dropout)
@@ -164,6 +166,9 @@ class MCNCL(nn.Module):
         b, n = batch.speaker.shape
         c = {}
         for m in self.modalities:
+            if not self.config.use_context:
+                c[m] = self.rnn_out[m](u[m])
+                continue
             st = self._initial_rnn(b, batch.speaker.device)
             outs = []
             for t in range(n):
@@ -191,7 +196,7 @@ class MCNCL(nn.Module):
     def init_state(self, batch: int = 1, device: torch.device | None = None) -> State:
         """The state before the first utterance: zeros everywhere, empty rings and caches."""
         state: State = {}
-        for m in self.modalities:
+        for m in self.modalities if self.config.use_context else ():
             for k, v in self._initial_rnn(batch, device).items():
                 state[f"{m}_{k}"] = v
         if self.mcn is not None:
@@ -208,6 +213,9 @@ class MCNCL(nn.Module):
         new_state: State = {}
         c = {}
         for m in self.modalities:
+            if not self.config.use_context:
+                c[m] = self.rnn_out[m](u[m])  # (B, D)
+                continue
             party, ring, ring_mask, emotion = self.rnns[m](
                 u[m], inputs["speaker"], state[f"{m}_party"], state[f"{m}_ring"], state[f"{m}_ring_mask"],
                 state[f"{m}_emotion"],

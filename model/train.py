@@ -23,7 +23,7 @@ from typing import Any
 from emostream.model.batch import DialogueFeatures
 from emostream.model.checkpoint import save_checkpoint
 from emostream.model.config import ModelConfig
-from emostream.model.data.features import dataset_features, load_split
+from emostream.model.data.features import build_featurizers, dataset_features, load_split
 from emostream.model.fit import FitConfig, fit
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class TrainConfig:
     out: str = "runs/model.safetensors"
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides
     fit: dict[str, Any] = field(default_factory=dict)  # FitConfig overrides
+    text_finetune: dict[str, Any] = field(default_factory=dict)  # TextFinetuneConfig (+ "out"); empty: frozen
     progress: bool = True
 
 
@@ -110,8 +111,13 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     dev_ds = load_split(cfg, "dev")
     if tuple(train_ds.labels) != tuple(dev_ds.labels):
         raise ValueError(f"train labels {train_ds.labels} differ from dev labels {dev_ds.labels}")
-    train, spec = dataset_features(train_ds, modalities, cfg.cache, text_encoder=cfg.text_encoder, progress=cfg.progress)
-    dev, _ = dataset_features(dev_ds, modalities, cfg.cache, text_encoder=cfg.text_encoder, progress=cfg.progress)
+    finetune = None
+    if cfg.text_finetune and "text" in modalities:
+        finetune = finetune_text(cfg, train_ds, dev_ds)
+        cfg = dataclasses.replace(cfg, text_encoder=finetune["patch"])
+    featurizers = build_featurizers(modalities, text_encoder=cfg.text_encoder)
+    train, spec = dataset_features(train_ds, modalities, cfg.cache, featurizers=featurizers, progress=cfg.progress)
+    dev, _ = dataset_features(dev_ds, modalities, cfg.cache, featurizers=featurizers, progress=cfg.progress)
     dims, max_frames = _dims(train)
     model_cfg = model_config_for(cfg, tuple(train_ds.labels), dims, max_frames)
     fit_cfg = dataclasses.replace(FitConfig(progress=cfg.progress), **cfg.fit)
@@ -124,6 +130,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         "train": {"path": cfg.train, "dialogues": len(train), "utterances": sum(len(d) for d in train)},
         "dev": {"path": cfg.dev, "dialogues": len(dev), "report": _short(result.best_dev)},
         "best_epoch": result.best_epoch,
+        "text_finetune": finetune,
         "fit": dataclasses.asdict(fit_cfg),
         "train_config": dataclasses.asdict(cfg),
         "seconds": seconds,
@@ -134,6 +141,18 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
                "seconds": seconds}
     logger.info("trained %s", summary)
     return summary
+
+
+def finetune_text(cfg: TrainConfig, train_ds: Any, dev_ds: Any) -> dict[str, Any]:
+    """Stage 1: fine-tune the text encoder's top layers; the patch goes to text_finetune.out."""
+    from emostream.model.finetune_text import TextFinetuneConfig, finetune_text_encoder
+
+    options = dict(cfg.text_finetune)
+    out = Path(options.pop("out", "") or Path(cfg.out).with_name(Path(cfg.out).stem + "-text.safetensors"))
+    result = finetune_text_encoder(train_ds, dev_ds, cfg.text_encoder, out, TextFinetuneConfig(**options),
+                                   progress=cfg.progress)
+    logger.info("text encoder fine-tuned: dev weighted F1 %.2f -> %s", result["dev_weighted_f1"], out)
+    return result
 
 
 def _short(report: dict[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+
 from emostream.realtime.segmenter import (
     EndpointPending,
     SegmenterConfig,
@@ -60,8 +61,9 @@ class Transcriber:
 
     @staticmethod
     def _load(cfg: AsrConfig) -> WhisperModel:
-        from emostream.model.features.weights import resolve
         from faster_whisper import WhisperModel
+
+        from emostream.model.features.weights import resolve
 
         path = resolve(cfg.model)
         threads = cfg.cpu_threads or min(4, os.cpu_count() or 1)

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
 from emostream.realtime.types import SAMPLE_RATE, Utterance, VideoFrame, samples_to_ns
 
 logger = logging.getLogger(__name__)

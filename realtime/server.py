@@ -662,7 +662,8 @@ def build_parser(prog: str = "emostream serve", *, demo: bool = False) -> argpar
     )
     media_help = "media file (mp4/wav) played in real time as camera and microphone"
     if demo:
-        parser.add_argument("--media", type=Path, default=default_media(), help=f"{media_help} (default: the bundled sample)")
+        parser.add_argument("--media", type=Path, default=None,
+                            help=f"{media_help} (default: the webcam and microphone if present, else the bundled sample)")
     else:
         parser.add_argument("--media", type=Path, default=None, help=f"{media_help} (default: live camera and microphone)")
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default 127.0.0.1; others need --token)")
@@ -676,6 +677,10 @@ def build_parser(prog: str = "emostream serve", *, demo: bool = False) -> argpar
                         help="extra allowed Origin for /ws (repeatable; '*' allows any)")
     parser.add_argument("--web-root", type=Path, default=None, help="folder of the browser client (default demo/web)")
     parser.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    from emostream.realtime.pipeline import add_model_arguments
+
+    add_model_arguments(parser)
+    parser.set_defaults(demo=demo)
     return parser
 
 

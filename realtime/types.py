@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from emostream.model.config import MODALITIES
 
 SAMPLE_RATE = 16_000

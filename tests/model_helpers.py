@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from emostream.model.batch import DialogueFeatures
 from emostream.model.config import ModelConfig
 

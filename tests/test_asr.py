@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+
 from emostream.realtime.asr import PROVISIONAL_ID, AsrConfig, EarlyTranscriber, Transcriber
 from emostream.realtime.segmenter import EndpointPending, Segmenter, SpeechEnd, SpeechResumed
 from emostream.realtime.text_metrics import edit_distance, normalize, word_error_rate

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from emostream.model.batch import collate
 from emostream.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from emostream.model.mcncl import MCNCL
-
 from tests.model_helpers import random_dialogue, small_config
 
 SPEC = {"text": {"name": "fake-text", "dim": 12, "version": 1}}

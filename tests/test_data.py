@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from emostream.model.batch import DialogueFeatures, collate
 from emostream.model.config import MELD_LABELS
 from emostream.model.data import extract as extract_mod

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from emostream.model.batch import DialogueFeatures, collate
 from emostream.model.losses import mcncl_loss
 from emostream.model.mcncl import MCNCL
-
 from tests.model_helpers import small_config
 
 N_CLASSES = 4

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from emostream.model.losses import supcon_hard_negatives
 
 

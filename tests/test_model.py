@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from emostream.model.batch import collate
 from emostream.model.config import ModelConfig
 from emostream.model.losses import mcncl_loss
 from emostream.model.mcncl import MCNCL
-
 from tests.model_helpers import random_dialogue, small_config
 
 
@@ -33,8 +33,9 @@ def run_steps(model: MCNCL, batch) -> torch.Tensor:
         {"memory": 2, "mcn_window": 8},
         {"modalities": ("text",)},
         {"modalities": ("audio", "visual")},
+        {"use_context": False},
     ],
-    ids=["default", "listener", "no-psa", "no-mcn", "w1-t3", "short-memory", "text-only", "audio-visual"],
+    ids=["default", "listener", "no-psa", "no-mcn", "w1-t3", "short-memory", "text-only", "audio-visual", "no-context"],
 )
 def test_step_matches_forward(changes: dict) -> None:
     torch.manual_seed(0)
@@ -62,7 +63,7 @@ def test_step_matches_forward_default_sizes() -> None:
     assert diff <= 1e-5
 
 
-@pytest.mark.parametrize("changes", [{}, {"use_mcn": False}, {"listener_update": True}])
+@pytest.mark.parametrize("changes", [{}, {"use_mcn": False}, {"listener_update": True}, {"use_context": False}])
 def test_causal_future_does_not_change_past(changes: dict) -> None:
     torch.manual_seed(0)
     cfg = small_config(**changes)
@@ -79,6 +80,9 @@ def test_causal_future_does_not_change_past(changes: dict) -> None:
         b = model(collate([changed, other])).logits
     assert torch.equal(a[0, : t + 1], b[0, : t + 1])
     assert not torch.allclose(a[0, t + 1 :], b[0, t + 1 :]), "the changed future must change the future outputs"
+    if not cfg.use_context:  # without context an utterance's output depends on that utterance alone
+        single = model(collate([random_dialogue(rng, 1, cfg)])).logits
+        assert single.shape[1] == 1
     assert torch.equal(a[1], b[1]), "dialogues in a batch must not leak into each other"
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from emostream.model.batch import DialogueFeatures
 from emostream.model.config import MODALITIES
 

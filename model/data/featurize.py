@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from emostream.model.batch import DialogueFeatures
 from emostream.model.config import MODALITIES
 from emostream.model.data.records import DialogueRecord, UtteranceRecord, label_index

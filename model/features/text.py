@@ -55,11 +55,17 @@ def load_text_module(
     """(TextEncoderModule in eval mode, its tokenizer), loaded from local files only."""
     from transformers import AutoModel, AutoTokenizer
 
+    from emostream.model.features.text_patch import apply_patch, is_patch, read_patch_sidecar
     from emostream.model.features.weights import resolve
 
     path = resolve(ref)
+    patch = path if is_patch(path) else None
+    if patch is not None:  # a fine-tuned encoder stored as the tensors it changed
+        path = resolve(read_patch_sidecar(patch)["base"])
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     encoder = AutoModel.from_pretrained(str(path), local_files_only=True, **model_kwargs)
+    if patch is not None:
+        apply_patch(encoder, patch)
     logger.debug("loaded text encoder %s from %s", ref, path)
     return TextEncoderModule(encoder, normalize=normalize).eval(), tokenizer
 

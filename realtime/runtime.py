@@ -1,0 +1,106 @@
+"""Assembles the live components from a checkpoint: engine backend, extractors, ASR, session.
+
+`build_components(config)` is what `Pipeline` calls. The engine may be PyTorch, ONNX Runtime or
+TensorRT behind one `Engine` contract; its sidecar is checked against the checkpoint's labels,
+feature spec and modalities, so a mismatched export is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emostream.realtime.session import DialogueSession, Featurizers, State
+
+logger = logging.getLogger(__name__)
+
+
+class EngineStepModel:
+    """The session's `StepModel` over any step engine: functional (state in, state out)."""
+
+    def __init__(self, engine: Any, labels: tuple[str, ...] | None = None, feature_spec: dict[str, Any] | None = None,
+                 modalities: tuple[str, ...] | None = None, name: str = "mcncl") -> None:
+        from emostream.export.engines import StreamingEngine
+
+        self.streaming = StreamingEngine(engine, labels, feature_spec, modalities)
+        self.name = name
+        self.labels: tuple[str, ...] = self.streaming.labels
+        self.modalities: tuple[str, ...] = self.streaming.modalities
+        self.n_parties: int = self.streaming.n_parties
+        specs = engine.input_specs  # only the modalities the model uses have inputs
+        self.text_dim = int(specs["text"].shape[-1]) if "text" in specs else 1
+        self.audio_dim = int(specs["audio"].shape[-1]) if "audio" in specs else 1
+        self.max_frames, self.visual_dim = (int(x) for x in specs["visual"].shape[-2:]) if "visual" in specs else (1, 1)
+        self._pairs = [(p["input"], p["output"]) for p in self.streaming.sidecar["state"]]
+
+    def init_state(self) -> State:
+        self.streaming.reset()
+        return self.streaming.state
+
+    def step(self, inputs: dict[str, np.ndarray], state: State) -> tuple[np.ndarray, State]:
+        feeds = self.streaming.feeds(inputs)
+        feeds.update(state)
+        out = self.streaming.engine.infer(feeds)
+        return out["probs"][0], {i: np.array(out[o], copy=True) for i, o in self._pairs}
+
+    def close(self) -> None:
+        self.streaming.close()
+
+
+def engine_cache_dir(sha256: str) -> Path:
+    from emostream.model.features.weights import cache_dir
+
+    return cache_dir() / "engines" / sha256[:16]
+
+
+def load_step_model(checkpoint: Any, engine: str = "onnx", engine_dir: str | None = None) -> EngineStepModel:
+    """A step model for `checkpoint` (a LoadedCheckpoint) on the chosen backend.
+
+    onnx without `engine_dir` exports the step once into the user cache, keyed by the checkpoint's
+    hash; tensorrt needs an engine folder built by `emostream export tensorrt`.
+    """
+    from emostream.export.engines import load_engine
+
+    name = Path(str(checkpoint.path)).stem if checkpoint.path else "mcncl"
+    if engine == "torch":
+        backend = load_engine("torch", checkpoint)
+    elif engine == "onnx":
+        folder = Path(engine_dir) if engine_dir else engine_cache_dir(checkpoint.sha256)
+        if engine_dir is None and not (folder / "step.onnx").is_file():
+            from emostream.export.onnx import export_onnx
+
+            logger.info("exporting the step model to %s (first use of this checkpoint)", folder)
+            export_onnx(checkpoint, folder, parts=("step",))
+        backend = load_engine("onnx", folder)
+    elif engine == "tensorrt":
+        if engine_dir is None:
+            raise ValueError("--engine tensorrt needs --engine-dir (build it with `emostream export tensorrt`)")
+        backend = load_engine("tensorrt", engine_dir)
+    else:
+        raise ValueError(f"unknown engine {engine!r}: torch, onnx or tensorrt")
+    return EngineStepModel(backend, checkpoint.labels, checkpoint.feature_spec, checkpoint.modalities, name=name)
+
+
+def build_featurizers_for(checkpoint: Any) -> Featurizers:
+    """The same extractors training used, for the checkpoint's modalities only (spec-checked)."""
+    from emostream.model.evaluate import checkpoint_featurizers
+
+    found = checkpoint_featurizers(checkpoint)
+    return Featurizers(text=found.get("text"), audio=found.get("audio"), visual=found.get("visual"))
+
+
+def build_components(config: Any) -> dict[str, Any]:
+    """{"session": DialogueSession, "transcriber": Transcriber} for a PipelineConfig."""
+    from emostream.model.checkpoint import load_checkpoint
+    from emostream.realtime.asr import AsrConfig, Transcriber
+
+    checkpoint = load_checkpoint(config.checkpoint)
+    model = load_step_model(checkpoint, config.engine, config.engine_dir)
+    session = DialogueSession(model, build_featurizers_for(checkpoint))
+    transcriber = Transcriber(AsrConfig(model=config.asr_model))
+    logger.info("model %s on %s (%s); labels %s", model.name, config.engine, ",".join(model.modalities),
+                ",".join(model.labels))
+    return {"session": session, "transcriber": transcriber, "checkpoint": checkpoint}

@@ -1,0 +1,196 @@
+"""`DialogueSession`: the stateful core of the live pipeline. No I/O, no threads.
+
+The session owns the step model and the dialogue's recurrent state. A final prediction advances
+the state; an interim prediction is computed from the same state but its new state is thrown
+away, so interims never change what comes after. Features are computed only for the modalities
+the model was trained on; a modality that is empty (no words, no face) or whose extractor fails
+becomes "missing" for that utterance, with a flag on the prediction, never a gap.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from emostream.model.config import MODALITIES
+from emostream.realtime.types import SAMPLE_RATE, Features, Prediction, Utterance
+
+logger = logging.getLogger(__name__)
+
+State = dict[str, np.ndarray]
+
+
+class StepModel(Protocol):
+    """What the session needs of a model backend (PyTorch, ONNX Runtime or TensorRT)."""
+
+    labels: tuple[str, ...]
+    modalities: tuple[str, ...]
+    text_dim: int
+    audio_dim: int
+    visual_dim: int
+    max_frames: int
+    n_parties: int
+
+    def init_state(self) -> State: ...
+
+    def step(self, inputs: dict[str, np.ndarray], state: State) -> tuple[np.ndarray, State]:
+        """One utterance (batch 1): inputs as in MCNCL.step -> probs (K,), new state."""
+        ...
+
+
+TextFeaturizer = Callable[[list[str]], np.ndarray]  # texts -> (n, Dt)
+AudioFeaturizer = Callable[[np.ndarray, int], np.ndarray]  # samples, rate -> (Da,)
+VisualFeaturizer = Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray]]  # BGR frames -> (F, Dv), (F,)
+
+
+@dataclass
+class Featurizers:
+    """The extractors of `emostream.model.features`, one per modality (None where unused)."""
+
+    text: TextFeaturizer | None = None
+    audio: AudioFeaturizer | None = None
+    visual: VisualFeaturizer | None = None
+
+
+class DialogueSession:
+    """Speaker slots, recurrent state, interim and final predictions, reset."""
+
+    def __init__(self, model: StepModel, featurizers: Featurizers, min_audio_s: float = 0.2) -> None:
+        self.model = model
+        self.featurizers = featurizers
+        self.min_audio_s = min_audio_s
+        for m in model.modalities:
+            if getattr(featurizers, m) is None:
+                raise ValueError(f"the model uses {m} but no {m} featurizer was given")
+        self.state: State = model.init_state()
+        self.n_final = 0
+        self._speakers: dict[str, int] = {}
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.model.labels
+
+    def reset(self) -> None:
+        """Forget the dialogue: a fresh state and no known speakers."""
+        self.state = self.model.init_state()
+        self.n_final = 0
+        self._speakers.clear()
+        logger.info("dialogue session reset")
+
+    def speaker_slot(self, speaker: str | int) -> int:
+        """A stable slot in [0, P) per speaker name, in order of first appearance (wrapping)."""
+        key = str(speaker)
+        if key not in self._speakers:
+            self._speakers[key] = len(self._speakers) % self.model.n_parties
+        return self._speakers[key]
+
+    # ------------------------------------------------------------------ features
+    def features(self, utterance: Utterance, text: str) -> tuple[Features, list[str], dict[str, float]]:
+        """Features of the modalities the model uses; others are zero and absent. Never raises."""
+        m = self.model
+        flags: list[str] = []
+        timings: dict[str, float] = {}
+        present = dict.fromkeys(MODALITIES, False)
+        text_vec = np.zeros(m.text_dim, np.float32)
+        audio_vec = np.zeros(m.audio_dim, np.float32)
+        visual = np.zeros((m.max_frames, m.visual_dim), np.float32)
+        visual_mask = np.zeros(m.max_frames, bool)
+        if "text" in m.modalities:
+            if text.strip():
+                t0 = time.perf_counter()
+                try:
+                    text_vec = _checked(self.featurizers.text([text])[0], (m.text_dim,), "text")
+                    present["text"] = True
+                except Exception as e:  # noqa: BLE001 - a failing extractor must not stop the dialogue
+                    logger.warning("text features failed for utterance %s: %s", utterance.id, e)
+                    flags.append("text_failed")
+                timings["text_ms"] = _ms(t0)
+            else:
+                flags.append("no_text")
+        if "audio" in m.modalities:
+            if utterance.audio.size >= self.min_audio_s * SAMPLE_RATE:
+                t0 = time.perf_counter()
+                try:
+                    audio_vec = _checked(self.featurizers.audio(utterance.audio, SAMPLE_RATE), (m.audio_dim,), "audio")
+                    present["audio"] = True
+                except Exception as e:  # noqa: BLE001
+                    logger.warning("audio features failed for utterance %s: %s", utterance.id, e)
+                    flags.append("audio_failed")
+                timings["audio_ms"] = _ms(t0)
+            else:
+                flags.append("no_audio")
+        if "visual" in m.modalities:
+            if utterance.frames:
+                t0 = time.perf_counter()
+                try:
+                    feats, mask = self.featurizers.visual([f.image for f in utterance.frames])
+                    visual = _checked(feats, (m.max_frames, m.visual_dim), "visual")
+                    visual_mask = np.asarray(mask, dtype=bool)
+                    present["visual"] = bool(visual_mask.any())
+                    if not present["visual"]:
+                        flags.append("no_face")
+                except Exception as e:  # noqa: BLE001
+                    logger.warning("visual features failed for utterance %s: %s", utterance.id, e)
+                    flags.append("visual_failed")
+                timings["visual_ms"] = _ms(t0)
+            else:
+                flags.append("no_video")
+        features = Features(
+            utterance_id=utterance.id, text=text_vec, audio=audio_vec, visual=visual, visual_mask=visual_mask,
+            present=tuple(present[k] for k in MODALITIES), speaker=utterance.speaker,
+        )
+        return features, flags, timings
+
+    # ------------------------------------------------------------------ predictions
+    def predict(self, utterance: Utterance, text: str, final: bool,
+                extra_flags: Sequence[str] = (), timings_ms: dict[str, float] | None = None) -> Prediction:
+        """Predict one utterance. Only a final prediction advances the dialogue state."""
+        t0 = time.perf_counter()
+        features, flags, timings = self.features(utterance, text)
+        if not any(features.present[MODALITIES.index(m)] for m in self.model.modalities):
+            flags.append("nothing_present")
+        t1 = time.perf_counter()
+        probs, new_state = self.model.step(step_inputs(features, utterance.speaker % self.model.n_parties), self.state)
+        timings["model_ms"] = _ms(t1)
+        timings["features_ms"] = round((t1 - t0) * 1000, 3)
+        if final:
+            self.state = new_state
+            self.n_final += 1
+        probs = np.asarray(probs, dtype=np.float64).reshape(-1)
+        best = int(probs.argmax())
+        return Prediction(
+            utterance_id=utterance.id, final=final, label=self.labels[best],
+            probs={label: float(p) for label, p in zip(self.labels, probs)}, text=text, speaker=utterance.speaker,
+            t_start_ns=utterance.t_start_ns, t_end_ns=utterance.t_end_ns,
+            timings_ms={**(timings_ms or {}), **timings}, flags=tuple(flags) + tuple(extra_flags),
+        )
+
+
+def step_inputs(features: Features, speaker_slot: int) -> dict[str, np.ndarray]:
+    """Batch-1 step inputs in the names and dtypes every engine takes."""
+    return {
+        "text": features.text[None].astype(np.float32),
+        "audio": features.audio[None].astype(np.float32),
+        "visual": features.visual[None].astype(np.float32),
+        "visual_mask": features.visual_mask[None].astype(np.float32),
+        "present": np.asarray(features.present, dtype=np.float32)[None],
+        "speaker": np.asarray([speaker_slot], dtype=np.int64),
+    }
+
+
+def _checked(x: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float32)
+    if arr.shape != shape:
+        raise ValueError(f"{name} features have shape {arr.shape}, the model expects {shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} features contain NaN or infinity")
+    return arr
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 3)

@@ -74,6 +74,7 @@ def finetune_text_encoder(train: Dataset, dev: Dataset, base_ref: str, out: str 
                             weight_decay=cfg.weight_decay)
     x_train, y_train = _utterances(train)
     x_dev, y_dev = _utterances(dev)
+    lengths = np.array([len(ids) for ids in tokenizer(x_train, truncation=True, max_length=cfg.max_length)["input_ids"]])
     steps = cfg.epochs * math.ceil(len(x_train) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.lr, cfg.head_lr], total_steps=steps, pct_start=0.1)
 
@@ -81,14 +82,17 @@ def finetune_text_encoder(train: Dataset, dev: Dataset, base_ref: str, out: str 
         batch = tokenizer(texts, padding=True, truncation=True, max_length=cfg.max_length, return_tensors="pt")
         return module(batch["input_ids"], batch["attention_mask"]) * math.sqrt(module.dim)  # (B, D), unit norm * sqrt(D)
 
+    dev_order = np.argsort([len(t) for t in x_dev], kind="stable")
+
     def dev_report() -> dict[str, Any]:
         module.eval()
         head.eval()
-        preds = []
+        preds = np.zeros(len(x_dev), dtype=np.int64)
         with torch.inference_mode():
-            for i in range(0, len(x_dev), 128):
-                preds.append(head(embed(x_dev[i : i + 128])).argmax(-1).numpy())
-        return classification_report(y_dev, np.concatenate(preds), train.labels)
+            for i in range(0, len(x_dev), 64):
+                idx = dev_order[i : i + 64]
+                preds[idx] = head(embed([x_dev[j] for j in idx])).argmax(-1).numpy()
+        return classification_report(y_dev, preds, train.labels)
 
     rng = np.random.default_rng(cfg.seed)
     best: dict[str, Any] = {"weighted_f1": -1.0}
@@ -98,8 +102,11 @@ def finetune_text_encoder(train: Dataset, dev: Dataset, base_ref: str, out: str 
         t0 = time.perf_counter()
         module.train()
         head.train()
-        order = rng.permutation(len(x_train))
-        batches = range(0, len(order), cfg.batch_size)
+        # length-bucketed batches (little padding), in a random order, sentences jittered within buckets
+        jitter = lengths + rng.uniform(0, 3, len(lengths))
+        order = np.argsort(jitter, kind="stable")
+        batch_starts = rng.permutation(np.arange(0, len(order), cfg.batch_size))
+        batches = batch_starts
         if progress:
             from tqdm import tqdm
 

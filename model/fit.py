@@ -40,6 +40,7 @@ class FitConfig:
     seed: int = 0
     class_weighting: str = "none"  # none | inverse | sqrt
     warmup_epochs: float = 1.0
+    threads: int = 1  # torch threads: the model is small, and one thread is fastest for its many tiny ops
     progress: bool = True
 
 
@@ -131,6 +132,8 @@ def fit(
     if not train or not dev:
         raise ValueError("training needs a non-empty train and dev split")
     seed_everything(fit_config.seed)
+    if fit_config.threads > 0:
+        torch.set_num_threads(fit_config.threads)
     weights = class_weights(train, model_config.num_classes, fit_config.class_weighting)
     model_config = model_config.replace(class_weights=weights)
     model = MCNCL(model_config)

@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"emostream: unknown command {command!r}\n{USAGE}\n")
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one INFO line per ASR call otherwise
     module_name, func_name = SUBCOMMANDS[command]
     module = importlib.import_module(module_name)
     return int(getattr(module, func_name)(rest) or 0)

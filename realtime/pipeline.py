@@ -203,9 +203,8 @@ class Worker:
         self.finals.append(pred)
         self.emit(protocol.transcript(utterance_id=uid, speaker=speaker, text=transcript.text,
                                       language=transcript.language))
-        msg = protocol.prediction_from(pred, t0_ns=self.t0_ns, now_ns=end.speech_end_ns + (now - end.speech_end_ns))
-        msg["latency_ms"] = pred.timings_ms["total_ms"]
-        msg["timings_ms"] = dict(pred.timings_ms)
+        msg = protocol.prediction_from(pred, t0_ns=self.t0_ns)
+        msg["latency_ms"] = pred.timings_ms["total_ms"]  # end of speech -> final prediction
         self.emit(msg)
         self.emit(protocol.utterance(event="end", utterance_id=uid, speaker=speaker, t_ms=self.ms(end.t_end_ns)))
 
@@ -221,12 +220,10 @@ class Worker:
         t = time.perf_counter()
         text = self.transcriber.transcribe(audio, self.current_id).text
         asr_ms = round((time.perf_counter() - t) * 1000, 2)
-        speaker = self.speakers.assign(audio) if self.config.speaker_mode != "single" else 0
+        speaker = self.speakers.peek(audio)  # partial audio: the tracker learns only from finals
         start = now_stream_ns - samples_to_ns(audio.size)
         utt = Utterance(id=self.current_id, audio=audio, t_start_ns=start, t_end_ns=now_stream_ns,
                         frames=self.frames.between(start, now_stream_ns), speaker=speaker)
-        # the tracker must not learn from partial audio: undo by re-assigning on the final only
-        self.speakers._last = speaker
         pred = self.session.predict(utt, text, final=False, timings_ms={"asr_ms": asr_ms})
         self.emit(protocol.prediction_from(pred, t0_ns=self.t0_ns, now_ns=time.monotonic_ns()))
 

@@ -274,6 +274,7 @@ def prediction(
     label: str | None = None,
     confidence: float | None = None,
     flags: Iterable[str] = (),
+    timings_ms: Mapping[str, float] | None = None,
 ) -> JsonDict:
     """An interim (`final=False`, while the utterance goes on) or final emotion prediction.
 
@@ -301,6 +302,7 @@ def prediction(
         "t_end_ms": _ms(t_end_ms, "t_end_ms"),
         "latency_ms": _ms(latency_ms, "latency_ms"),
         "flags": [str(f) for f in flags],
+        **({"timings_ms": {str(k): round(_num(v, k), 3) for k, v in timings_ms.items()}} if timings_ms else {}),
     }
 
 
@@ -322,6 +324,7 @@ def prediction_from(pred: Any, *, t0_ns: int, now_ns: int | None = None) -> Json
         t_end_ms=(pred.t_end_ns - t0_ns) / 1e6,
         latency_ms=latency,
         flags=pred.flags,
+        timings_ms=pred.timings_ms,
     )
 
 
@@ -471,6 +474,7 @@ SCHEMAS: dict[str, JsonDict] = {
             "t_end_ms": _MS,
             "latency_ms": {"type": ["number", "null"], "description": "end of audio -> prediction sent, ms"},
             "flags": {"type": "array", "items": _STR},
+            "timings_ms": {**_NAME_NUM, "description": "optional: per-stage milliseconds of this prediction"},
         },
         ["final", "utterance_id", "speaker", "text", "label", "confidence", "probs", "t_start_ms", "t_end_ms",
          "latency_ms", "flags"],

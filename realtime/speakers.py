@@ -60,18 +60,34 @@ class SpeakerTracker:
         self._pitches.clear()
         self._last = 0
 
-    def assign(self, audio: np.ndarray) -> int:
-        """The slot of the speaker of this utterance's audio."""
-        if self.mode == "single":
-            return 0
-        f0 = median_pitch_hz(audio)
-        if f0 is None:  # unvoiced: keep the previous speaker
-            return self._last
+    def _nearest(self, f0: float) -> tuple[int | None, float]:
         best, best_dist = None, math.inf
         for i, seen in enumerate(self._pitches):
             dist = abs(12 * math.log2(f0 / float(np.median(seen))))
             if dist < best_dist:
                 best, best_dist = i, dist
+        return best, best_dist
+
+    def peek(self, audio: np.ndarray) -> int:
+        """The likely slot for partial audio (interim predictions), learning nothing from it."""
+        if self.mode == "single":
+            return 0
+        f0 = median_pitch_hz(audio)
+        if f0 is None:
+            return self._last
+        best, dist = self._nearest(f0)
+        if best is None or dist > self.max_semitones:
+            return len(self._pitches) % self.n_slots  # would be a new speaker
+        return best % self.n_slots
+
+    def assign(self, audio: np.ndarray) -> int:
+        """The slot of the speaker of this (final) utterance's audio; updates the speaker's pitch."""
+        if self.mode == "single":
+            return 0
+        f0 = median_pitch_hz(audio)
+        if f0 is None:  # unvoiced: keep the previous speaker
+            return self._last
+        best, best_dist = self._nearest(f0)
         if best is None or best_dist > self.max_semitones:
             self._pitches.append([f0])
             best = len(self._pitches) - 1

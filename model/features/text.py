@@ -54,6 +54,9 @@ def load_text_module(
 ) -> tuple[TextEncoderModule, Any]:
     """(TextEncoderModule in eval mode, its tokenizer), loaded from local files only."""
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar on every load
 
     from emostream.model.features.text_patch import apply_patch, is_patch, read_patch_sidecar
     from emostream.model.features.weights import resolve

@@ -25,7 +25,7 @@ from emostream.model.checkpoint import LoadedCheckpoint
 logger = logging.getLogger(__name__)
 
 TEXT_MAX_LENGTH = 128
-DEFAULT_TEXT_BUCKETS: tuple[int, ...] = (16, 32, 64)
+DEFAULT_TEXT_BUCKETS: tuple[int, ...] = (8, 16, 24, 32, 64)  # conversational utterances are short
 TEXT_INPUTS: tuple[str, ...] = ("input_ids", "attention_mask")
 TEXT_OUTPUT = "embedding"
 BACKBONE_INPUT = "images"
@@ -63,7 +63,11 @@ def export_text_encoders(
 
     spec = modality_spec(ckpt, "text")
     pre = spec.get("preprocessing") or {}
-    ref = ref or spec.get("weights_id") or DEFAULT_TEXT_REF
+    if ref is None and spec.get("weights_id"):
+        from emostream.model.features.weights import ref_for_weights_id
+
+        ref = ref_for_weights_id(spec["weights_id"]) or spec["weights_id"]  # e.g. the bundled fine-tuned patch
+    ref = ref or DEFAULT_TEXT_REF
     max_length = int(max_length or pre.get("max_length") or TEXT_MAX_LENGTH)
     normalize = bool(pre.get("normalize", True))
     lengths = sorted({int(b) for b in buckets if 0 < int(b) < max_length} | {max_length})

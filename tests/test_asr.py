@@ -149,3 +149,23 @@ def test_word_error_rate():
     assert word_error_rate("", "") == 0.0
     with pytest.raises(ValueError):
         word_error_rate(["a"], ["a", "b"])
+
+
+def test_standard_and_short_context_paths_agree_on_the_fixture() -> None:
+    """The 30 s-window path (faster-whisper's transcribe) and the short-context path both transcribe well."""
+    import json
+    from pathlib import Path
+
+    import soundfile as sf
+
+    from emostream.realtime.text_metrics import word_error_rate
+
+    data = Path(__file__).parent / "data"
+    audio, sr = sf.read(data / "dialogue.wav", dtype="float32")
+    script = json.loads((data / "dialogue.json").read_text())["utterances"][:3]
+    clips = [audio[int((u["start_s"] - 0.1) * sr) : int((u["end_s"] + 0.1) * sr)] for u in script]
+    refs = [u["text"] for u in script]
+    for short in (True, False):
+        asr = Transcriber(AsrConfig(short_context=short))
+        hyps = [asr.transcribe(c, i).text for i, c in enumerate(clips)]
+        assert word_error_rate(refs, hyps) <= 0.3, (short, hyps)

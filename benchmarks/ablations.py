@@ -22,8 +22,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    "MCN-CL (default: W=4, T=1)": {},
-    "no context (no DialogueRNN, W=1)": {"use_context": False},
+    "MCN-CL (default W=4 T=1)": {},
+    "no context (no DialogueRNN; W=1)": {"use_context": False},
     "no contrastive loss": {"use_contrastive": False},
     "no hard negative mining": {"hard_negatives": False},
     "W=1": {"mcn_window": 1},

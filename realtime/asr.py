@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -54,7 +55,16 @@ class AsrConfig:
     # fixed 30 s window. The encoder cost falls ~4x for a 3 s utterance (0.62 -> 0.14 s here) at the
     # same word error rate on the test fixture; less than ~2 s of padding makes whisper loop.
     short_context: bool = True
-    context_pad_s: float = 2.0
+    context_pad_s: float = 3.0
+    min_window_s: float = 5.0
+
+
+_REPEAT = re.compile(r"\b(\w.{2,40}?)\W+\1\W+\1\b")
+
+
+def looping(text: str) -> bool:
+    """Whether a transcript repeats one phrase three times in a row (whisper's decoding loop)."""
+    return bool(_REPEAT.search(text.lower()))
 
 
 class Transcriber:
@@ -146,6 +156,7 @@ class Transcriber:
         features = model.feature_extractor(x)  # (n_mels, T) at 100 frames/s
         n_frames = features.shape[-1]
         window = int(np.ceil((n_frames + self.config.context_pad_s * 100) / 100.0)) * 100
+        window = max(window, int(self.config.min_window_s * 100))
         if window > 3000:
             return None
         padded = np.zeros((features.shape[0], window), dtype=np.float32)  # (n_mels, window)
@@ -166,8 +177,8 @@ class Transcriber:
         # transcript made of punctuation alone
         if (no_speech > 0.6 and avg_logprob < -1.0) or not any(ch.isalnum() for ch in text):
             text = ""
-        if text and len(text) > 40 and len(text.encode()) / len(zlib.compress(text.encode())) > 2.4:
-            logger.debug("short-context ASR looped on utterance %d; falling back", utterance_id)
+        if text and (looping(text) or (len(text) > 40 and len(text.encode()) / len(zlib.compress(text.encode())) > 2.4)):
+            logger.debug("short-context ASR looped on utterance %d (%r); falling back", utterance_id, text)
             return None
         return Transcript(utterance_id=utterance_id, text=text, language=language, avg_logprob=avg_logprob,
                           no_speech_prob=no_speech)

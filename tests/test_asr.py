@@ -169,3 +169,12 @@ def test_standard_and_short_context_paths_agree_on_the_fixture() -> None:
         asr = Transcriber(AsrConfig(short_context=short))
         hyps = [asr.transcribe(c, i).text for i, c in enumerate(clips)]
         assert word_error_rate(refs, hyps) <= 0.3, (short, hyps)
+
+
+def test_loop_detector() -> None:
+    from emostream.realtime.asr import looping
+
+    assert looping("Wait, what? Wait, what? Wait, what?")
+    assert looping("I am so so sorry, thank you thank you thank you")
+    assert not looping("Wait, what? Really? You got it? That is incredible!")
+    assert not looping("no no, I said the other one")

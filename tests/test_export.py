@@ -283,3 +283,25 @@ def test_frame_backbone_parity_and_static(encoders: Path) -> None:
     with load_engine("onnx", encoders, part="frame_backbone") as eng:
         result = frame_backbone_parity(eng)
     assert result["frame_backbone_max_abs_diff"] <= 1e-4, result
+
+
+# ------------------------------------------------------------------ the bundled checkpoint
+def test_bundled_checkpoint_exports_and_verifies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`emostream export onnx` (default checkpoint) + `verify --steps 30`: ONNX Runtime matches PyTorch."""
+    from emostream.export.engines import BucketedTextEncoder
+    from emostream.export.verify import bucketed_text_parity
+    from emostream.model.checkpoint import default_checkpoint_path
+
+    out = tmp_path / "bundled"
+    assert export_main(["onnx", "--out", str(out), "--text-buckets", "16"]) == 0
+    side = read_sidecar(out / "step.onnx")
+    assert side["checkpoint_sha256"] == load_checkpoint(default_checkpoint_path()).sha256
+    for graph in sorted(out.glob("*.onnx")):
+        check_tensorrt_compatible(graph)  # every op on TensorRT 10's list, every shape static
+    capsys.readouterr()
+    assert export_main(["verify", str(out), "--steps", "30", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["steps"] == 30 and report["max_abs_diff"] <= 1e-4 and report["argmax_agreement"] == 1.0
+    with BucketedTextEncoder.load("onnx", out) as text:  # the fine-tuned MiniLM patch, exported
+        assert "minilm-meld" in text.sidecar["ref"]
+        assert bucketed_text_parity(text) <= 1e-4

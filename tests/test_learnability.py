@@ -12,6 +12,8 @@ from emostream.model.losses import mcncl_loss
 from emostream.model.mcncl import MCNCL
 from tests.model_helpers import small_config
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 N_CLASSES = 4
 
 

@@ -12,6 +12,8 @@ from emostream.model.losses import mcncl_loss
 from emostream.model.mcncl import MCNCL
 from tests.model_helpers import random_dialogue, small_config
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def run_steps(model: MCNCL, batch) -> torch.Tensor:
     state = model.init_state(batch.speaker.shape[0])

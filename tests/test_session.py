@@ -128,12 +128,17 @@ def test_mismatched_engine_is_refused(tmp_path: Path) -> None:
     from emostream.export.engines import SidecarError
 
     torch.manual_seed(0)
-    path = save_checkpoint(tmp_path / "a.safetensors", MCNCL(small_config()).eval(), feature_spec={"text": {"dim": 12}})
+    from emostream.model.features.spec import default_feature_spec, text_spec
+
+    spec = default_feature_spec()
+    path = save_checkpoint(tmp_path / "a.safetensors", MCNCL(small_config()).eval(), feature_spec=spec.to_dict())
     ckpt = load_checkpoint(path)
+    other = spec.replace(text=text_spec(weights_id="roberta-base", dim=768)).to_dict()
     from emostream.export.engines import load_engine
     from emostream.realtime.runtime import EngineStepModel
 
     with pytest.raises(SidecarError, match="labels differ"):
         EngineStepModel(load_engine("torch", ckpt), labels=("x", "y", "z", "w"))
-    with pytest.raises(SidecarError, match="feature spec differs"):
-        EngineStepModel(load_engine("torch", ckpt), feature_spec={"text": {"dim": 768}})
+    with pytest.raises(SidecarError, match="text: .*dim: expected 384, got 768"):
+        EngineStepModel(load_engine("torch", ckpt), feature_spec=other, modalities=("text",))
+    EngineStepModel(load_engine("torch", ckpt), labels=ckpt.labels, feature_spec=spec.to_dict())  # a match is fine

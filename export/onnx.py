@@ -175,12 +175,19 @@ def base_sidecar(ckpt: LoadedCheckpoint, kind: str, path: Path, opset: int, inpu
         "graph_optimizations": "onnxruntime basic (constant folding, standard ONNX ops only)",
         "inputs": [s.to_dict() for s in inputs],
         "outputs": [s.to_dict() for s in outputs],
+        **checkpoint_fields(ckpt),
+        "producer": _versions(),
+    }
+
+
+def checkpoint_fields(ckpt: LoadedCheckpoint) -> dict[str, Any]:
+    """What every sidecar records of its source checkpoint (checked against a session at load)."""
+    return {
         "labels": list(ckpt.config.labels),
         "modalities": list(ckpt.config.modalities),
         "feature_spec": ckpt.feature_spec,
         "checkpoint_sha256": ckpt.sha256,
         "checkpoint_path": str(ckpt.path) if ckpt.path is not None else None,
-        "producer": _versions(),
     }
 
 
@@ -191,11 +198,7 @@ def step_metadata(ckpt: LoadedCheckpoint) -> dict[str, Any]:
         "kind": "step",
         "inputs": [s.to_dict() for s in inputs],
         "outputs": [s.to_dict() for s in outputs],
-        "labels": list(ckpt.config.labels),
-        "modalities": list(ckpt.config.modalities),
-        "feature_spec": ckpt.feature_spec,
-        "checkpoint_sha256": ckpt.sha256,
-        "checkpoint_path": str(ckpt.path) if ckpt.path is not None else None,
+        **checkpoint_fields(ckpt),
         "state": [{"input": n, "output": state_output_name(n)} for n in ckpt.model.init_state(1)],
         "state_init": "zeros",
         "model_config": ckpt.config.to_dict(),

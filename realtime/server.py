@@ -715,7 +715,12 @@ async def _run(server: Server, args: argparse.Namespace, factory: Callable[[argp
                 print(f"{args.prog}: error: could not start the pipeline: {exc}", file=sys.stderr)
                 return 1
             server.on_client_message = source.on_client_message
-            source.start(server.publish_threadsafe)
+            try:
+                await asyncio.to_thread(source.start, server.publish_threadsafe)
+            except Exception as exc:
+                logger.debug("the event source failed to start", exc_info=True)
+                print(f"{args.prog}: error: could not start the pipeline: {exc}", file=sys.stderr)
+                return 1
             while not stop.is_set():
                 ended = await asyncio.to_thread(source.wait, 0.25)
                 if ended and args.once:

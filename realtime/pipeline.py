@@ -466,22 +466,15 @@ class PipelineEventSource:
             self.pipeline.close()
 
 
-def devices_available(camera: int = 0) -> tuple[bool, bool]:
-    """(camera, microphone) present on this machine, without keeping them open."""
-    from emostream.realtime.sources import SourceError, WebcamSource, import_sounddevice
+def microphone_available() -> bool:
+    """Whether this machine has an audio input device (and PortAudio to reach it)."""
+    from emostream.realtime.sources import import_sounddevice
 
-    cam = False
-    try:
-        cam = WebcamSource(camera).available()
-    except Exception:  # noqa: BLE001 - no OpenCV backend counts as no camera
-        cam = False
-    mic = False
     try:
         sd = import_sounddevice()
-        mic = any(d.get("max_input_channels", 0) > 0 for d in sd.query_devices())
-    except (SourceError, Exception):  # noqa: BLE001
-        mic = False
-    return cam, mic
+        return any(d.get("max_input_channels", 0) > 0 for d in sd.query_devices())
+    except Exception:  # noqa: BLE001 - no PortAudio, no devices: no microphone
+        return False
 
 
 def build_event_source(args: argparse.Namespace) -> PipelineEventSource:
@@ -489,8 +482,7 @@ def build_event_source(args: argparse.Namespace) -> PipelineEventSource:
     media = getattr(args, "media", None)
     loop = False
     if getattr(args, "demo", False) and media is None:
-        _, mic = devices_available()
-        if mic:
+        if microphone_available():
             logger.info("demo: using the microphone (and the camera if there is one)")
         else:
             from emostream.realtime.server import default_media

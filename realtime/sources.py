@@ -248,6 +248,9 @@ class WebcamSource:
 
 
 def _open_camera(index: int) -> Any:
+    import os
+
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # a missing camera is reported by us, once
     import cv2
 
     return cv2.VideoCapture(index)

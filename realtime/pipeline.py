@@ -167,7 +167,9 @@ class Worker:
             self.next_id += 1
             self.current_start_ns = event.t_ns
             self.last_interim_ns = event.t_ns
-            self.emit(protocol.utterance(event="start", utterance_id=self.current_id, speaker="?",
+            audio = self.segmenter.active_audio()
+            speaker = self.speakers.peek(audio) if audio is not None and audio.size else "?"  # a first guess
+            self.emit(protocol.utterance(event="start", utterance_id=self.current_id, speaker=speaker,
                                          t_ms=self.ms(event.t_ns)))
             return
         job = self.early.on_event(event)

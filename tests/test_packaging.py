@@ -31,3 +31,21 @@ def test_console_script_points_at_a_main() -> None:
     from emostream.realtime.cli import main
 
     assert main(["--help-commands"]) == 0
+
+
+def test_every_subcommand_module_exists() -> None:
+    import importlib
+
+    from emostream.realtime.cli import SUBCOMMANDS
+
+    for command, (module, func) in SUBCOMMANDS.items():
+        assert callable(getattr(importlib.import_module(module), func)), command
+
+
+def test_bench_lists_the_benchmarks(capsys) -> None:
+    from emostream.realtime.cli import main
+
+    assert main(["bench", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "latency" in out and "engines" in out
+    assert main(["bench", "nope"]) == 2

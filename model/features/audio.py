@@ -19,14 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from emostream.model.features.spec import AUDIO_DIMS, FeatureError, ModalitySpec, audio_spec
+from emostream.model.features.spec import AUDIO_DIMS, FeatureError, SpecCarrier, audio_spec
 
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 
 
-class AudioFeaturizer:
+class AudioFeaturizer(SpecCarrier):
     """samples (N,) float32 mono -> (D,) float32 openSMILE functionals."""
 
     def __init__(
@@ -54,14 +54,6 @@ class AudioFeaturizer:
             raise RuntimeError(
                 f"openSMILE {feature_set} gives {len(self._smile.feature_names)} features, spec says {self._spec.dim}"
             )
-
-    @property
-    def spec(self) -> ModalitySpec:
-        return self._spec
-
-    @property
-    def dim(self) -> int:
-        return self._spec.dim
 
     @property
     def feature_names(self) -> list[str]:

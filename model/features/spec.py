@@ -194,6 +194,20 @@ class FeatureSpec:
         return dataclasses.replace(self, **changes)
 
 
+class SpecCarrier:
+    """Base of the extractors: each sets `self._spec` and exposes it as `spec` (and its `dim`)."""
+
+    _spec: ModalitySpec
+
+    @property
+    def spec(self) -> ModalitySpec:
+        return self._spec
+
+    @property
+    def dim(self) -> int:
+        return self._spec.dim
+
+
 def check_compatible(expected: FeatureSpec, actual: FeatureSpec, modalities: Iterable[str]) -> None:
     """Raise `FeatureSpecMismatch` unless `actual` gives the features `expected` for `modalities`.
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from emostream.model.features.spec import ModalitySpec, text_spec
+from emostream.model.features.spec import SpecCarrier, text_spec
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def load_text_module(
     return TextEncoderModule(encoder, normalize=normalize).eval(), tokenizer
 
 
-class TextFeaturizer:
+class TextFeaturizer(SpecCarrier):
     """texts -> (n, D) float32 sentence vectors. An empty string is allowed (gives a vector)."""
 
     def __init__(
@@ -99,14 +99,6 @@ class TextFeaturizer:
             max_length=max_length,
             normalize=normalize,
         )
-
-    @property
-    def spec(self) -> ModalitySpec:
-        return self._spec
-
-    @property
-    def dim(self) -> int:
-        return self._spec.dim
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """-> {"input_ids": (B, L) int64, "attention_mask": (B, L) int64}, padded to the longest."""

@@ -26,7 +26,7 @@ from emostream.model.features.spec import (
     MIN_NEIGHBORS,
     SCALE_FACTOR,
     FeatureError,
-    ModalitySpec,
+    SpecCarrier,
     visual_spec,
 )
 
@@ -150,7 +150,7 @@ def sample_frames(timestamps_ns: Sequence[int], max_frames: int, max_fps: float)
     return picked
 
 
-class VisualFeaturizer:
+class VisualFeaturizer(SpecCarrier):
     """frames (BGR uint8 HxWx3) -> (feats (max_frames, D) float32, mask (max_frames,) bool)."""
 
     def __init__(
@@ -189,14 +189,6 @@ class VisualFeaturizer:
             margin=margin,
             crop_size=crop_size,
         )
-
-    @property
-    def spec(self) -> ModalitySpec:
-        return self._spec
-
-    @property
-    def dim(self) -> int:
-        return self._spec.dim
 
     def select(self, n_frames: int, timestamps_ns: Sequence[int] | None = None) -> list[int]:
         """Which of n frames to use: by time (`sample_frames`) when timestamps are given, else evenly."""

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from emostream.model.data.features import build_featurizers, dataset_features, load_split
     from emostream.model.fit import FitConfig, fit
-    from emostream.model.train import load_config, model_config_for
+    from emostream.model.train import feature_dims, load_config, model_config_for
 
     cfg = load_config(args.config, [f"train={json.dumps(args.train)}", f"dev={json.dumps(args.dev)}",
                                      f"text_encoder={json.dumps(args.text_encoder)}", "text_finetune={}"])
@@ -53,9 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     featurizers = build_featurizers(("text",), text_encoder=cfg.text_encoder)
     train, _ = dataset_features(train_ds, ("text",), cfg.cache, featurizers=featurizers, progress=False)
     dev, _ = dataset_features(dev_ds, ("text",), cfg.cache, featurizers=featurizers, progress=False)
-    d = train[0]
-    dims = {"text": d.text.shape[-1], "audio": d.audio.shape[-1], "visual": d.visual.shape[-1]}
-    base = model_config_for(cfg, tuple(train_ds.labels), dims, d.visual.shape[-2])
+    base = model_config_for(cfg, tuple(train_ds.labels), *feature_dims(train))
     fit_base = dataclasses.replace(FitConfig(progress=False), **cfg.fit)
     seeds = [int(s) for s in args.seeds.split(",")]
     names = [n.strip() for n in args.only.split(",")] if args.only else list(VARIANTS)

@@ -99,7 +99,8 @@ def model_config_for(cfg: TrainConfig, labels: tuple[str, ...], dims: dict[str, 
     return ModelConfig.from_dict({**ModelConfig().to_dict(), **base, **cfg.model})
 
 
-def _dims(dialogues: list[DialogueFeatures]) -> tuple[dict[str, int], int]:
+def feature_dims(dialogues: list[DialogueFeatures]) -> tuple[dict[str, int], int]:
+    """Per-modality input sizes and the frame count, read off the extracted features."""
     d = dialogues[0]
     return {"text": d.text.shape[-1], "audio": d.audio.shape[-1], "visual": d.visual.shape[-1]}, d.visual.shape[-2]
 
@@ -118,7 +119,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     featurizers = build_featurizers(modalities, text_encoder=cfg.text_encoder)
     train, spec = dataset_features(train_ds, modalities, cfg.cache, featurizers=featurizers, progress=cfg.progress)
     dev, _ = dataset_features(dev_ds, modalities, cfg.cache, featurizers=featurizers, progress=cfg.progress)
-    dims, max_frames = _dims(train)
+    dims, max_frames = feature_dims(train)
     model_cfg = model_config_for(cfg, tuple(train_ds.labels), dims, max_frames)
     fit_cfg = dataclasses.replace(FitConfig(progress=cfg.progress), **cfg.fit)
     out = Path(cfg.out)

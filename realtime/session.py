@@ -101,50 +101,50 @@ class DialogueSession:
         visual = np.zeros((m.max_frames, m.visual_dim), np.float32)
         visual_mask = np.zeros(m.max_frames, bool)
         if "text" in m.modalities:
-            if text.strip():
-                t0 = time.perf_counter()
-                try:
-                    text_vec = _checked(self.featurizers.text([text])[0], (m.text_dim,), "text")
-                    present["text"] = True
-                except Exception as e:  # noqa: BLE001 - a failing extractor must not stop the dialogue
-                    logger.warning("text features failed for utterance %s: %s", utterance.id, e)
-                    flags.append("text_failed")
-                timings["text_ms"] = _ms(t0)
-            else:
+            if not text.strip():
                 flags.append("no_text")
+            elif (vec := self._run("text", utterance.id, flags, timings,
+                                   lambda: _checked(self.featurizers.text([text])[0], (m.text_dim,), "text"))) is not None:
+                text_vec, present["text"] = vec, True
         if "audio" in m.modalities:
-            if utterance.audio.size >= self.min_audio_s * SAMPLE_RATE:
-                t0 = time.perf_counter()
-                try:
-                    audio_vec = _checked(self.featurizers.audio(utterance.audio, SAMPLE_RATE), (m.audio_dim,), "audio")
-                    present["audio"] = True
-                except Exception as e:  # noqa: BLE001
-                    logger.warning("audio features failed for utterance %s: %s", utterance.id, e)
-                    flags.append("audio_failed")
-                timings["audio_ms"] = _ms(t0)
-            else:
+            if utterance.audio.size < self.min_audio_s * SAMPLE_RATE:
                 flags.append("no_audio")
+            elif (vec := self._run("audio", utterance.id, flags, timings, lambda: _checked(
+                    self.featurizers.audio(utterance.audio, SAMPLE_RATE), (m.audio_dim,), "audio"))) is not None:
+                audio_vec, present["audio"] = vec, True
         if "visual" in m.modalities:
-            if utterance.frames:
-                t0 = time.perf_counter()
-                try:
-                    feats, mask = self.featurizers.visual([f.image for f in utterance.frames])
-                    visual = _checked(feats, (m.max_frames, m.visual_dim), "visual")
-                    visual_mask = np.asarray(mask, dtype=bool)
-                    present["visual"] = bool(visual_mask.any())
-                    if not present["visual"]:
-                        flags.append("no_face")
-                except Exception as e:  # noqa: BLE001
-                    logger.warning("visual features failed for utterance %s: %s", utterance.id, e)
-                    flags.append("visual_failed")
-                timings["visual_ms"] = _ms(t0)
-            else:
+            if not utterance.frames:
                 flags.append("no_video")
+            elif (out := self._run("visual", utterance.id, flags, timings,
+                                   lambda: self._visual(utterance))) is not None:
+                visual, visual_mask = out
+                present["visual"] = bool(visual_mask.any())
+                if not present["visual"]:
+                    flags.append("no_face")
         features = Features(
             utterance_id=utterance.id, text=text_vec, audio=audio_vec, visual=visual, visual_mask=visual_mask,
             present=tuple(present[k] for k in MODALITIES), speaker=utterance.speaker,
         )
         return features, flags, timings
+
+    def _run(self, modality: str, utterance_id: int, flags: list[str], timings: dict[str, float],
+             extract: Callable[[], Any]) -> Any:
+        """One checked extractor call, timed; a failure (an exception, a wrong shape, NaN) becomes a
+        `<modality>_failed` flag and None instead of an exception."""
+        t0 = time.perf_counter()
+        try:
+            out = extract()
+        except Exception as e:  # noqa: BLE001 - a failing extractor must not stop the dialogue
+            logger.warning("%s features failed for utterance %s: %s", modality, utterance_id, e)
+            flags.append(f"{modality}_failed")
+            out = None
+        timings[f"{modality}_ms"] = _ms(t0)
+        return out
+
+    def _visual(self, utterance: Utterance) -> tuple[np.ndarray, np.ndarray]:
+        m = self.model
+        feats, mask = self.featurizers.visual([f.image for f in utterance.frames])
+        return _checked(feats, (m.max_frames, m.visual_dim), "visual"), np.asarray(mask, dtype=bool)
 
     # ------------------------------------------------------------------ predictions
     def predict(self, utterance: Utterance, text: str, final: bool,

@@ -82,9 +82,6 @@ def test_causal_future_does_not_change_past(changes: dict) -> None:
         b = model(collate([changed, other])).logits
     assert torch.equal(a[0, : t + 1], b[0, : t + 1])
     assert not torch.allclose(a[0, t + 1 :], b[0, t + 1 :]), "the changed future must change the future outputs"
-    if not cfg.use_context:  # without context an utterance's output depends on that utterance alone
-        single = model(collate([random_dialogue(rng, 1, cfg)])).logits
-        assert single.shape[1] == 1
     assert torch.equal(a[1], b[1]), "dialogues in a batch must not leak into each other"
 
 

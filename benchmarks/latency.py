@@ -1,11 +1,16 @@
-"""Latency of the live pipeline on the espeak-ng fixture played in real time.
+"""Latency of the live pipeline on the espeak-ng fixture played in real time, face path on.
+
+The fixture is audio only; by default the bundled sample's video (a real face) plays beside it
+as the camera, so the detector and the face expert run as they do live (`--no-face` turns the
+face expert off, `--video ''` plays no video).
 
 For each utterance: endpoint wait (end of detected speech -> the segmenter declares the end),
 compute (-> the final prediction is out: ASR unless reused from the early run, features, model)
 and their sum, end to end. Also the real-time factor of the worker (busy time / audio time).
 Prints one JSON object.
 
-    python benchmarks/latency.py [--media tests/data/dialogue.wav] [--engine onnx] [--repeat 1]
+    python benchmarks/latency.py [--media tests/data/dialogue.wav] [--video demo/media/sample.mp4]
+                                 [--no-face] [--engine onnx] [--repeat 1]
 """
 
 from __future__ import annotations
@@ -32,12 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engine", default="onnx", choices=("torch", "onnx", "tensorrt"))
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--repeat", type=int, default=1, help="play the file this many times (one dialogue)")
+    p.add_argument("--video", default=str(ROOT / "demo" / "media" / "sample.mp4"), help="video played as the camera")
+    p.add_argument("--no-face", action="store_true", help="no face expert")
     args = p.parse_args(argv)
     from emostream.realtime.pipeline import Pipeline, PipelineConfig
 
     events: list[dict] = []
-    cfg = PipelineConfig(media=args.media, realtime=True, loop=args.repeat > 1, engine=args.engine,
-                         checkpoint=args.checkpoint)
+    cfg = PipelineConfig(media=args.media, video=args.video or None, realtime=True, loop=args.repeat > 1,
+                         engine=args.engine, checkpoint=args.checkpoint,
+                         face_expert=None if args.no_face else "fer-mini-xception")
     t_load = time.perf_counter()
     pipeline = Pipeline(cfg, events.append)
     pipeline.start()
@@ -55,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     compute = [f["timings_ms"]["compute_ms"] for f in finals]
     asr = [f["timings_ms"]["asr_ms"] for f in finals]
     reused = sum(f["timings_ms"]["asr_reused"] for f in finals)
+    face_ms = [f["timings_ms"]["face_ms"] for f in finals if "face_ms" in f["timings_ms"]]
+    speaker_ms = [f["timings_ms"]["speaker_ms"] for f in finals]
+    face_events = [e for e in events if e["type"] == "face"]
     metrics = [e for e in events if e["type"] == "metrics"]
     out = {
         "benchmark": "latency",
@@ -68,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         "compute_p95_ms": percentile(compute, 95),
         "asr_after_endpoint_p50_ms": percentile(asr, 50),
         "early_asr_reused": f"{int(reused)}/{len(finals)}",
+        "face_path": not args.no_face and bool(args.video),
+        "face_in_final_p50_ms": percentile(face_ms, 50),
+        "speaker_p50_ms": percentile(speaker_ms, 50),
+        "finals_with_face": sum(1 for f in finals if (f.get("modalities") or {}).get("face") is not None),
+        "face_events": len(face_events),
+        "face_events_per_s": round(len(face_events) / (args.repeat * duration), 2),
         "rtf": metrics[-1]["rtf"] if metrics else None,
         "startup_s": round(load_s, 2),
         "interim_predictions": sum(1 for e in events if e["type"] == "prediction" and not e["final"]),

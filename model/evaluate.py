@@ -39,11 +39,17 @@ def text_encoder_of(ckpt: LoadedCheckpoint) -> str:
     return str(ref or wid or "all-MiniLM-L6-v2")
 
 
+def visual_backbone_of(ckpt: LoadedCheckpoint) -> str:
+    """The frame backbone a checkpoint was trained with (its visual spec's weights id)."""
+    return str((ckpt.feature_spec.get("visual") or {}).get("weights_id") or "mobilenet_v2-imagenet")
+
+
 def checkpoint_featurizers(ckpt: LoadedCheckpoint) -> dict[str, Any]:
     """Extractors for the checkpoint's modalities, checked against its feature spec."""
     from emostream.model.features.spec import FeatureSpec, check_compatible
 
-    featurizers = build_featurizers(ckpt.modalities, text_encoder=text_encoder_of(ckpt))
+    featurizers = build_featurizers(ckpt.modalities, text_encoder=text_encoder_of(ckpt),
+                                    visual_backbone=visual_backbone_of(ckpt))
     if ckpt.feature_spec:
         check_compatible(FeatureSpec.from_dict(ckpt.feature_spec), spec_for(featurizers), ckpt.modalities)
     return featurizers

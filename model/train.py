@@ -41,6 +41,7 @@ class TrainConfig:
     media_dir: str = ""  # meld: MELD.Raw clips
     modalities: str = "text"
     text_encoder: str = "all-MiniLM-L6-v2"
+    visual_backbone: str = "mobilenet_v2-imagenet"  # or "fer-mini-xception" (the face expert's embedding)
     cache: str = ".cache/features"
     out: str = "runs/model.safetensors"
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides
@@ -116,7 +117,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.text_finetune and "text" in modalities:
         finetune = finetune_text(cfg, train_ds, dev_ds)
         cfg = dataclasses.replace(cfg, text_encoder=finetune["patch"])
-    featurizers = build_featurizers(modalities, text_encoder=cfg.text_encoder)
+    featurizers = build_featurizers(modalities, text_encoder=cfg.text_encoder, visual_backbone=cfg.visual_backbone)
     train, spec = dataset_features(train_ds, modalities, cfg.cache, featurizers=featurizers, progress=cfg.progress)
     dev, _ = dataset_features(dev_ds, modalities, cfg.cache, featurizers=featurizers, progress=cfg.progress)
     dims, max_frames = feature_dims(train)
@@ -165,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help="YAML or JSON training config")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set fit.epochs=20 --set model.mcn_window=6")
-    for name in ("dataset", "train", "dev", "modalities", "out", "cache", "labels", "text-encoder", "media-dir"):
+    for name in ("dataset", "train", "dev", "modalities", "out", "cache", "labels", "text-encoder", "media-dir",
+                 "visual-backbone"):
         p.add_argument(f"--{name}", help=f"shortcut for --set {name.replace('-', '_')}=...")
     p.add_argument("--epochs", type=int, help="shortcut for --set fit.epochs=N")
     p.add_argument("--seed", type=int, help="shortcut for --set fit.seed=N")
@@ -175,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     args = p.parse_args(argv)
     overrides = list(args.overrides)
-    for name in ("dataset", "train", "dev", "modalities", "out", "cache", "labels", "text_encoder", "media_dir"):
+    for name in ("dataset", "train", "dev", "modalities", "out", "cache", "labels", "text_encoder", "media_dir",
+                 "visual_backbone"):
         value = getattr(args, name)
         if value is not None:
             overrides.append(f"{name}={json.dumps(value)}")

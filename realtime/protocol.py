@@ -22,7 +22,9 @@ from typing import Any, Literal
 VERSION = 1
 """Protocol (major) version carried in every message's `v`."""
 
-SERVER_TYPES: tuple[str, ...] = ("hello", "utterance", "transcript", "prediction", "metrics", "status", "error", "pong")
+SERVER_TYPES: tuple[str, ...] = (
+    "hello", "utterance", "transcript", "prediction", "face", "metrics", "status", "error", "pong",
+)
 CLIENT_TYPES: tuple[str, ...] = ("reset", "config", "ping")
 ERROR_CODES: tuple[str, ...] = (
     "bad_json",  # not JSON, or not a JSON object
@@ -204,11 +206,17 @@ def hello(
     server_version: str | None = None,
     client: str | None = None,
     interim: bool = True,
+    live_modalities: Iterable[str] | None = None,
+    experts: Mapping[str, str | None] | None = None,
+    fusion: Mapping[str, Any] | None = None,
 ) -> JsonDict:
     """First message on every connection: what this server recognises and how.
 
     The server fills in `session`, `server_version`, `client` and `interim` when it sends it, so a
-    pipeline only needs labels, model, modalities and rates.
+    pipeline only needs labels, model, modalities and rates. `modalities` are the checkpoint's;
+    `live_modalities` the per-modality distributions that predictions carry (e.g. text, face);
+    `experts` the pretrained models in use (face expression, speaker tracking); `fusion` the rule
+    that combines them into `probs`.
     """
     msg: JsonDict = {
         "type": "hello",
@@ -221,6 +229,12 @@ def hello(
     }
     if not msg["labels"]:
         raise ValueError("hello needs at least one label")
+    if live_modalities is not None:
+        msg["live_modalities"] = [str(m) for m in live_modalities]
+    if experts is not None:
+        msg["experts"] = {str(k): (None if v is None else str(v)) for k, v in experts.items()}
+    if fusion is not None:
+        msg["fusion"] = dict(fusion)
     if session is not None:
         msg["session"] = session
     if server_version is not None:
@@ -275,10 +289,13 @@ def prediction(
     confidence: float | None = None,
     flags: Iterable[str] = (),
     timings_ms: Mapping[str, float] | None = None,
+    modalities: Mapping[str, Mapping[str, float] | None] | None = None,
 ) -> JsonDict:
     """An interim (`final=False`, while the utterance goes on) or final emotion prediction.
 
-    `label` defaults to the arg-max of `probs` and `confidence` to its probability.
+    `label` defaults to the arg-max of `probs` and `confidence` to its probability. `probs` is the
+    fused distribution; `modalities` (optional) holds each modality's own distribution over the
+    same labels, or None where that modality saw nothing (e.g. no face during the utterance).
     """
     clean = {str(k): _prob(p, f"probs[{k!r}]") for k, p in probs.items()}
     if not clean:
@@ -303,6 +320,47 @@ def prediction(
         "latency_ms": _ms(latency_ms, "latency_ms"),
         "flags": [str(f) for f in flags],
         **({"timings_ms": {str(k): round(_num(v, k), 3) for k, v in timings_ms.items()}} if timings_ms else {}),
+        **({"modalities": {str(m): _distribution(d, clean, m) for m, d in modalities.items()}}
+           if modalities is not None else {}),
+    }
+
+
+def _distribution(probs: Mapping[str, float] | None, like: Mapping[str, float], name: str) -> JsonDict | None:
+    """A per-modality distribution over the same labels as `like`, or None."""
+    if probs is None:
+        return None
+    out = {str(k): _prob(p, f"modalities[{name!r}][{k!r}]") for k, p in probs.items()}
+    if set(out) != set(like):
+        raise ValueError(f"modalities[{name!r}] must have the labels of probs, got {sorted(out)}")
+    return out
+
+
+def face(
+    *,
+    t_ms: float,
+    probs: Mapping[str, float] | None,
+    box: Iterable[int] | None = None,
+    frame_size: Iterable[int] | None = None,
+    n_faces: int = 0,
+) -> JsonDict:
+    """The live facial expression (rate limited, a few a second): between utterances too.
+
+    `probs` is the face expert's distribution over the checkpoint's labels, None when no face is in
+    view; `box` the face's [x, y, w, h] in pixels of a frame of `frame_size` [w, h].
+    """
+    clean = None if probs is None else {str(k): _prob(p, f"probs[{k!r}]") for k, p in probs.items()}
+    label = max(clean, key=clean.__getitem__) if clean else None
+    return {
+        "type": "face",
+        "v": VERSION,
+        "t_ms": _ms(t_ms, "t_ms"),
+        "present": clean is not None,
+        "label": label,
+        "confidence": None if label is None else clean[label],  # type: ignore[index]
+        "probs": clean,
+        "box": None if box is None else [int(v) for v in box],
+        "frame_size": None if frame_size is None else [int(v) for v in frame_size],
+        "n_faces": int(n_faces),
     }
 
 
@@ -325,6 +383,7 @@ def prediction_from(pred: Any, *, t0_ns: int, now_ns: int | None = None) -> Json
         latency_ms=latency,
         flags=pred.flags,
         timings_ms=pred.timings_ms,
+        modalities=getattr(pred, "modalities", None),
     )
 
 
@@ -406,6 +465,8 @@ _UID = {"type": ["integer", "string"], "description": "utterance id, unique with
 _SPEAKER = {"type": ["integer", "string"], "description": "speaker: a party slot number or a name"}
 _NAME_INT = {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}}
 _NAME_NUM = {"type": "object", "additionalProperties": {"type": "number"}}
+_PROBS = {"type": "object", "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1}, "minProperties": 1}
+_BOX = {"type": ["array", "null"], "items": {"type": "integer"}, "minItems": 4, "maxItems": 4}
 
 
 def _schema(kind: str, description: str, props: dict[str, Any], required: Iterable[str]) -> JsonDict:
@@ -440,6 +501,11 @@ SCHEMAS: dict[str, JsonDict] = {
             },
             "server_version": _STR,
             "interim": {"type": "boolean", "description": "whether this client receives interim predictions"},
+            "live_modalities": {"type": "array", "items": _STR, "uniqueItems": True,
+                                "description": "optional: the per-modality distributions predictions carry"},
+            "experts": {"type": "object", "additionalProperties": {"type": ["string", "null"]},
+                        "description": "optional: pretrained experts in use, e.g. face, speaker"},
+            "fusion": {"type": "object", "description": "optional: how `probs` combines the modalities"},
         },
         ["session", "labels", "model", "modalities", "sample_rates", "server_version"],
     ),
@@ -465,19 +531,35 @@ SCHEMAS: dict[str, JsonDict] = {
             "text": _STR,
             "label": _STR,
             "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-            "probs": {
-                "type": "object",
-                "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1},
-                "minProperties": 1,
-            },
+            "probs": _PROBS,
             "t_start_ms": _MS,
             "t_end_ms": _MS,
             "latency_ms": {"type": ["number", "null"], "description": "end of audio -> prediction sent, ms"},
             "flags": {"type": "array", "items": _STR},
             "timings_ms": {**_NAME_NUM, "description": "optional: per-stage milliseconds of this prediction"},
+            "modalities": {
+                "type": "object",
+                "description": "optional: each modality's own distribution over the labels, null if it saw nothing",
+                "additionalProperties": {"oneOf": [_PROBS, {"type": "null"}]},
+            },
         },
         ["final", "utterance_id", "speaker", "text", "label", "confidence", "probs", "t_start_ms", "t_end_ms",
          "latency_ms", "flags"],
+    ),
+    "face": _schema(
+        "face",
+        "Server -> client: the live facial expression, a few times a second (rate limited).",
+        {
+            "t_ms": _MS,
+            "present": {"type": "boolean"},
+            "label": {"type": ["string", "null"]},
+            "confidence": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+            "probs": {"oneOf": [_PROBS, {"type": "null"}]},
+            "box": {**_BOX, "description": "[x, y, w, h] of the face in pixels"},
+            "frame_size": {"type": ["array", "null"], "items": {"type": "integer"}, "minItems": 2, "maxItems": 2},
+            "n_faces": {"type": "integer", "minimum": 0},
+        },
+        ["t_ms", "present", "label", "probs"],
     ),
     "metrics": _schema(
         "metrics",

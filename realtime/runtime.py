@@ -92,15 +92,45 @@ def build_featurizers_for(checkpoint: Any) -> Featurizers:
     return Featurizers(text=found.get("text"), audio=found.get("audio"), visual=found.get("visual"))
 
 
+def build_face_path(config: Any, labels: tuple[str, ...], modalities: tuple[str, ...]) -> tuple[Any, Any]:
+    """(FaceTracker, FaceFusion) for the configured face expert, or (None, None) without one.
+
+    A checkpoint that was itself trained on faces (`visual`) already fuses them: the expert then
+    still shows its own distribution and the live face events, but its fusion weight is 0.
+    """
+    if not config.face_expert:
+        return None, None
+    from emostream.model.features.face_expert import FaceExpressionExpert
+    from emostream.model.features.visual import FaceDetector
+    from emostream.realtime.faces import FaceAnalyzer, FaceTracker
+    from emostream.realtime.fusion import FaceFusion
+
+    expert = FaceExpressionExpert(config.face_expert, threads=1)
+    weight = 0.0 if "visual" in modalities else config.face_weight
+    fusion = FaceFusion.for_labels(expert.labels, labels, weight=weight)
+    if not fusion.label_map.covered:
+        logger.warning("the face expert's labels %s match none of the model's %s: face expert off",
+                       expert.labels, labels)
+        return None, None
+    tracker = FaceTracker(FaceAnalyzer(FaceDetector(), expert), fps=config.face_fps)
+    logger.info("face expert %s at %.1f frames/s, fusion weight %.2f", config.face_expert, config.face_fps, weight)
+    return tracker, fusion
+
+
 def build_components(config: Any) -> dict[str, Any]:
-    """{"session": DialogueSession, "transcriber": Transcriber} for a PipelineConfig."""
+    """The shared parts a Pipeline runs on, for a PipelineConfig: {"session", "transcriber",
+    "checkpoint", "faces" (a FaceTracker or None), "speakers" (a SpeakerTracker)}."""
     from emostream.model.checkpoint import load_checkpoint
     from emostream.realtime.asr import AsrConfig, Transcriber
+    from emostream.realtime.speakers import SpeakerTracker
 
     checkpoint = load_checkpoint(config.checkpoint)
     model = load_step_model(checkpoint, config.engine, config.engine_dir)
-    session = DialogueSession(model, build_featurizers_for(checkpoint))
+    faces, fusion = build_face_path(config, model.labels, model.modalities)
+    session = DialogueSession(model, build_featurizers_for(checkpoint), face_fusion=fusion)
+    speakers = SpeakerTracker(model.n_parties, config.speaker_mode)
     transcriber = Transcriber(AsrConfig(model=config.asr_model))
-    logger.info("model %s on %s (%s); labels %s", model.name, config.engine, ",".join(model.modalities),
-                ",".join(model.labels))
-    return {"session": session, "transcriber": transcriber, "checkpoint": checkpoint}
+    logger.info("model %s on %s (%s); labels %s; speakers by %s", model.name, config.engine,
+                ",".join(model.modalities), ",".join(model.labels), config.speaker_mode)
+    return {"session": session, "transcriber": transcriber, "checkpoint": checkpoint, "faces": faces,
+            "speakers": speakers}

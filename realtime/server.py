@@ -123,7 +123,7 @@ class Outgoing:
 class ClientQueue:
     """Bounded drop-oldest queue of one client's outgoing messages; counts what it drops.
 
-    On overflow the oldest droppable message (interim prediction, metrics) goes first, else the
+    On overflow the oldest droppable message (interim prediction, face, metrics) goes first, else the
     oldest message. A pending metrics snapshot is replaced by a newer one (not counted as a drop).
     """
 
@@ -222,7 +222,7 @@ class Broadcaster:
         kind = event.get("type")
         if kind not in protocol.SERVER_TYPES:
             raise ValueError(f"not a server message type: {kind!r}")
-        droppable = kind == "metrics" or (kind == "prediction" and not event.get("final", True))
+        droppable = kind in ("metrics", "face") or (kind == "prediction" and not event.get("final", True))
         if kind in _PER_CLIENT_TYPES:
             protocol.encode(event)  # fail now, at the producer, rather than in a sender
             return Outgoing(kind, message=dict(event), droppable=droppable)

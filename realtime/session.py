@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from emostream.model.config import MODALITIES
+from emostream.realtime.fusion import FaceFusion, as_dict
 from emostream.realtime.types import SAMPLE_RATE, Features, Prediction, Utterance
 
 logger = logging.getLogger(__name__)
@@ -58,12 +59,21 @@ class Featurizers:
 
 
 class DialogueSession:
-    """Speaker slots, recurrent state, interim and final predictions, reset."""
+    """Speaker slots, recurrent state, interim and final predictions, reset.
 
-    def __init__(self, model: StepModel, featurizers: Featurizers, min_audio_s: float = 0.2) -> None:
+    With `face_fusion`, a prediction also takes the face expert's expression of the utterance
+    (`face`, over the expert's labels, or None when no face was seen) and fuses it with MCN-CL's
+    distribution (see `emostream.realtime.fusion`); the prediction's `modalities` then hold both.
+    """
+
+    def __init__(self, model: StepModel, featurizers: Featurizers, min_audio_s: float = 0.2,
+                 face_fusion: FaceFusion | None = None) -> None:
         self.model = model
         self.featurizers = featurizers
         self.min_audio_s = min_audio_s
+        self.face_fusion = face_fusion
+        if face_fusion is not None and tuple(face_fusion.label_map.labels) != tuple(model.labels):
+            raise ValueError("the face fusion's labels differ from the model's")
         for m in model.modalities:
             if getattr(featurizers, m) is None:
                 raise ValueError(f"the model uses {m} but no {m} featurizer was given")
@@ -148,8 +158,12 @@ class DialogueSession:
 
     # ------------------------------------------------------------------ predictions
     def predict(self, utterance: Utterance, text: str, final: bool,
-                extra_flags: Sequence[str] = (), timings_ms: dict[str, float] | None = None) -> Prediction:
-        """Predict one utterance. Only a final prediction advances the dialogue state."""
+                extra_flags: Sequence[str] = (), timings_ms: dict[str, float] | None = None,
+                face: np.ndarray | None = None) -> Prediction:
+        """Predict one utterance. Only a final prediction advances the dialogue state.
+
+        face: (E,) the face expert's expression over the utterance (its own labels), or None.
+        """
         t0 = time.perf_counter()
         features, flags, timings = self.features(utterance, text)
         if not any(features.present[MODALITIES.index(m)] for m in self.model.modalities):
@@ -161,13 +175,23 @@ class DialogueSession:
         if final:
             self.state = new_state
             self.n_final += 1
-        probs = np.asarray(probs, dtype=np.float64).reshape(-1)
-        best = int(probs.argmax())
+        model_probs = np.asarray(probs, dtype=np.float64).reshape(-1)  # (K,)
+        modalities: dict[str, dict[str, float] | None] = {"text": as_dict(self.labels, model_probs)}
+        fused = model_probs
+        if self.face_fusion is not None:
+            if face is None:
+                flags.append("no_face")
+                modalities["face"] = None
+            else:
+                modalities["face"] = as_dict(self.labels, self.face_fusion.label_map.distribution(face))
+                fused = self.face_fusion.fuse(model_probs, face)
+        best = int(fused.argmax())
         return Prediction(
             utterance_id=utterance.id, final=final, label=self.labels[best],
-            probs={label: float(p) for label, p in zip(self.labels, probs)}, text=text, speaker=utterance.speaker,
+            probs=as_dict(self.labels, fused), text=text, speaker=utterance.speaker,
             t_start_ns=utterance.t_start_ns, t_end_ns=utterance.t_end_ns,
-            timings_ms={**(timings_ms or {}), **timings}, flags=tuple(flags) + tuple(extra_flags),
+            timings_ms={**(timings_ms or {}), **timings}, flags=tuple(dict.fromkeys(flags + list(extra_flags))),
+            modalities=modalities,
         )
 
 

@@ -127,8 +127,10 @@ class Features:
 class Prediction:
     """An emotion prediction for one utterance: interim (final=False) while it is spoken, then final.
 
-    probs: label -> probability. timings_ms: stage -> milliseconds (e.g. "asr", "features",
-    "model", "total"). flags: notes such as "forced_split", "no_face", "no_text".
+    probs: label -> probability, the fused distribution. modalities: each modality's own
+    distribution over the same labels ("text": MCN-CL on the words in their context, "face": the
+    face expert), None where it saw nothing. timings_ms: stage -> milliseconds (e.g. "asr",
+    "features", "model", "total"). flags: notes such as "forced_split", "no_face", "no_text".
     """
 
     utterance_id: int
@@ -141,3 +143,4 @@ class Prediction:
     t_end_ns: int
     timings_ms: dict[str, float] = field(default_factory=dict)
     flags: tuple[str, ...] = ()
+    modalities: dict[str, dict[str, float] | None] = field(default_factory=dict)

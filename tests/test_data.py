@@ -422,7 +422,7 @@ def test_media_decoding(tmp_path: Path) -> None:
 def test_extract_cli_text_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = meld_csv(tmp_path)
     fake = FakeTextFeaturizer()
-    monkeypatch.setattr(extract_mod, "_featurizer", lambda modality: fake)
+    monkeypatch.setattr(extract_mod, "_featurizer", lambda modality, visual_backbone: fake)
     out = tmp_path / "feats"
     argv = ["--dataset", "meld", "--csv", str(path), "--out", str(out), "--no-progress"]
     assert extract_mod.main(argv) == 0  # no media: audio/visual are dropped, text only

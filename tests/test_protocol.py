@@ -40,6 +40,15 @@ def server_examples() -> list[dict]:
         protocol.prediction(final=False, utterance_id=1, speaker=0, text="", probs=probs(), t_start_ms=0, t_end_ms=900),
         protocol.prediction(final=True, utterance_id=1, speaker=0, text="hi", probs=probs("anger"), t_start_ms=0,
                             t_end_ms=2000, latency_ms=312.5, flags=["no_face"]),
+        protocol.prediction(final=True, utterance_id=2, speaker=1, text="yay", probs=probs("joy"), t_start_ms=0,
+                            t_end_ms=900, modalities={"text": probs("joy"), "face": None}, flags=["no_face"]),
+        protocol.prediction(final=False, utterance_id=2, speaker=1, text="", probs=probs("joy"), t_start_ms=0,
+                            t_end_ms=500, modalities={"text": probs("neutral"), "face": probs("joy", 0.9)}),
+        protocol.face(t_ms=100, probs=probs("joy", 0.8), box=(1, 2, 30, 40), frame_size=(320, 240), n_faces=1),
+        protocol.face(t_ms=300, probs=None, frame_size=(320, 240)),
+        protocol.hello(labels=LABELS, model="m", modalities=["text"], session="s", server_version="0.1.0",
+                       live_modalities=["text", "face"], experts={"face": "fer-mini-xception", "speaker": "voice"},
+                       fusion={"rule": "log-linear", "face_weight": 0.5}),
         protocol.metrics(queues={"audio": 2}, drops={"audio": 0}, timings_ms={"asr": 300.0}, rtf=0.2, t_ms=5, clients=3),
         protocol.metrics(),
         protocol.status(code="camera_missing", level="warning", message="audio-only", modalities=["text", "audio"]),
@@ -107,6 +116,21 @@ def test_prediction_defaults_and_checks() -> None:
         protocol.utterance(event="start", utterance_id=True, speaker=0, t_ms=0)
     with pytest.raises(ValueError):
         protocol.utterance(event="middle", utterance_id=1, speaker=0, t_ms=0)  # type: ignore[arg-type]
+
+
+def test_face_event_and_per_modality_distributions() -> None:
+    msg = protocol.face(t_ms=100, probs=probs("joy", 0.8), box=(1, 2, 30, 40), frame_size=(320, 240), n_faces=2)
+    assert (msg["present"], msg["label"], msg["confidence"], msg["box"], msg["n_faces"]) == (True, "joy", 0.8,
+                                                                                             [1, 2, 30, 40], 2)
+    empty = protocol.face(t_ms=5, probs=None)
+    assert (empty["present"], empty["label"], empty["probs"], empty["box"]) == (False, None, None, None)
+    with pytest.raises(ValueError, match="labels of probs"):  # a modality over other labels is refused
+        protocol.prediction(final=True, utterance_id=1, speaker=0, text="", probs=probs(), t_start_ms=0, t_end_ms=1,
+                            modalities={"face": {"happy": 1.0}})
+    with pytest.raises(ValueError, match="probability"):
+        protocol.face(t_ms=1, probs={**probs(), "joy": 1.5})
+    old = protocol.prediction(final=True, utterance_id=1, speaker=0, text="", probs=probs(), t_start_ms=0, t_end_ms=1)
+    assert "modalities" not in old  # optional: an old-style prediction stays as it was
 
 
 def test_prediction_from_a_pipeline_prediction() -> None:

@@ -1,12 +1,13 @@
 """The real server fed by the real pipeline on the bundled sample: 20 concurrent clients each get
-every final prediction, in order. The sample is played as fast as possible (not in real time) to
-keep the test short; the server cannot tell the difference."""
+every final prediction, in order; the face expert reads the sample's smiling face live and per
+utterance; the voices are told apart. The sample is played as fast as possible (not in real time)
+to keep the test short; the server cannot tell the difference."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
+import time
 
 import pytest
 from websockets.asyncio.client import connect
@@ -31,11 +32,12 @@ async def collect(ws_url: str, ready: asyncio.Event, counter: list[int], stop: a
                     return got
 
 
-def test_twenty_clients_receive_every_final_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("EMOSTREAM_CACHE", str(tmp_path / "cache"))  # the ONNX export goes here
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[tuple[float, dict]], list[list[dict]]]:
+    """(published messages with the wall time they were published, what each client received)"""
 
-    async def scenario() -> tuple[list[dict], list[list[dict]]]:
-        published: list[dict] = []
+    async def scenario() -> tuple[list[tuple[float, dict]], list[list[dict]]]:
+        published: list[tuple[float, dict]] = []
         async with Server("127.0.0.1", 0) as server:
             ready, stop, counter = asyncio.Event(), asyncio.Event(), [0]
             tasks = [asyncio.create_task(collect(server.ws_url, ready, counter, stop)) for _ in range(N_CLIENTS)]
@@ -45,7 +47,7 @@ def test_twenty_clients_receive_every_final_in_order(tmp_path: Path, monkeypatch
             )
 
             def publish(msg: dict) -> object:
-                published.append(msg)
+                published.append((time.monotonic(), msg))
                 return server.publish_threadsafe(msg)
 
             await asyncio.to_thread(source.start, publish)
@@ -57,10 +59,55 @@ def test_twenty_clients_receive_every_final_in_order(tmp_path: Path, monkeypatch
             received = await asyncio.gather(*tasks)
         return published, received
 
-    published, received = asyncio.run(scenario())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EMOSTREAM_CACHE", str(tmp_path_factory.mktemp("cache")))  # the ONNX exports go here
+        return asyncio.run(scenario())
+
+
+def finals_of(run: tuple[list[tuple[float, dict]], list[list[dict]]]) -> list[dict]:
+    return [m for _, m in run[0] if m["type"] == "prediction" and m["final"]]
+
+
+def test_twenty_clients_receive_every_final_in_order(run) -> None:
+    published = [m for _, m in run[0]]
+    received = run[1]
     finals = [(m["utterance_id"], m["text"], m["label"]) for m in published if m["type"] == "prediction" and m["final"]]
     assert len(finals) >= 8, finals  # the sample has 8 lines (the segmenter may split long ones)
     for messages in received:
         got = [(m["utterance_id"], m["text"], m["label"]) for m in messages if m["type"] == "prediction" and m["final"]]
         assert got == finals  # every final, in order, for every client
         assert messages[0]["type"] == "hello"
+
+
+def test_the_face_expert_reads_the_smiling_face_live_and_per_utterance(run) -> None:
+    hello = next(m for _, m in run[0] if m["type"] == "hello")
+    assert hello["live_modalities"] == ["text", "face"] and hello["experts"]["face"] == "fer-mini-xception"
+    for final in finals_of(run):  # the sample's video is the smiling NASA astronaut portrait throughout
+        face = final["modalities"]["face"]
+        assert face is not None and "no_face" not in final["flags"], final
+        assert max(face, key=face.get) == "joy", face
+        assert set(face) == set(final["probs"]) == set(final["modalities"]["text"])
+    faces = [(t, m) for t, m in run[0] if m["type"] == "face"]
+    assert len(faces) >= 10
+    assert all(m["present"] and m["label"] == "joy" and m["n_faces"] == 1 for _, m in faces)
+    for _, m in faces:  # the box lies inside the frame
+        x, y, w, h = m["box"]
+        assert 0 <= x and 0 <= y and x + w <= m["frame_size"][0] and y + h <= m["frame_size"][1]
+    gaps = [b[0] - a[0] for a, b in zip(faces, faces[1:])]
+    assert min(gaps) > 0.2  # rate limited to 4 a second (wall clock)
+
+
+def test_the_two_voices_are_told_apart(run) -> None:
+    lines = json.loads((default_media().with_suffix(".json")).read_text())["lines"]
+    pairs = []  # (scripted speaker, found slot) for each final, by the line it overlaps most
+    for final in finals_of(run):
+        t0, t1 = final["t_start_ms"] / 1000, final["t_end_ms"] / 1000
+        line = max(lines, key=lambda ln: min(t1, ln["end_s"]) - max(t0, ln["start_s"]))
+        pairs.append((line["speaker"], final["speaker"]))
+    n = len(pairs)
+    purity = sum(max(sum(1 for s, f in pairs if f == slot and s == spk) for spk in {s for s, _ in pairs})
+                 for slot in {f for _, f in pairs}) / n
+    inverse = sum(max(sum(1 for s, f in pairs if s == spk and f == slot) for slot in {f for _, f in pairs})
+                  for spk in {s for s, _ in pairs}) / n
+    assert purity >= 0.9 and inverse >= 0.9, pairs
+    assert len({f for _, f in pairs}) <= 3, pairs

@@ -142,3 +142,22 @@ def test_mismatched_engine_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SidecarError, match="text: .*dim: expected 384, got 768"):
         EngineStepModel(load_engine("torch", ckpt), feature_spec=other, modalities=("text",))
     EngineStepModel(load_engine("torch", ckpt), labels=ckpt.labels, feature_spec=spec.to_dict())  # a match is fine
+
+
+def test_face_fusion_fills_modalities_and_flags_a_faceless_utterance(step_model) -> None:
+    from emostream.realtime.fusion import FaceFusion, LabelMap
+
+    labels = step_model.labels  # ("a", "b", "c", "d"): a two-class face expert standing for "a" and "b"
+    fusion = FaceFusion(LabelMap(("angry", "happy"), labels, (0, 1, None, None)), prior=np.array([0.5, 0.5]),
+                        weight=1.0)
+    s = DialogueSession(step_model, Featurizers(text=FakeTextFeaturizer(step_model.text_dim),
+                                                audio=FakeAudioFeaturizer(step_model.audio_dim)), face_fusion=fusion)
+    no_face = s.predict(utt(0), "hello", final=False)
+    assert no_face.modalities["face"] is None and "no_face" in no_face.flags
+    assert no_face.probs == pytest.approx(no_face.modalities["text"])  # nothing to fuse
+    face = s.predict(utt(0), "hello", final=False, face=np.array([0.05, 0.95]))
+    assert "no_face" not in face.flags and set(face.modalities) == {"text", "face"}
+    assert face.modalities["face"]["b"] == pytest.approx(0.95) and face.modalities["face"]["c"] == 0.0
+    assert face.modalities["text"] == pytest.approx(no_face.modalities["text"])
+    assert face.probs["b"] > no_face.probs["b"] and face.probs["a"] < no_face.probs["a"]
+    assert abs(sum(face.probs.values()) - 1) < 1e-9

@@ -104,6 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--merge-excited", action="store_true", help="iemocap: merge excited into happy (6-class -> 5)")
     p.add_argument("--labels", help="csv: the label set in order, comma-separated (default: sorted unique labels)")
     p.add_argument("--limit", type=int, help="only the first N dialogues")
+    p.add_argument("--visual-backbone", default="mobilenet_v2-imagenet",
+                   choices=("mobilenet_v2-imagenet", "fer-mini-xception"),
+                   help="per face crop: ImageNet MobileNetV2 (1280-d) or the facial-expression expert (128-d)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -129,11 +132,11 @@ def _load(args: argparse.Namespace) -> Dataset:
     return load_dataset("csv", path, labels=labels, split=args.split)
 
 
-def _featurizer(modality: str) -> Any:
+def _featurizer(modality: str, visual_backbone: str) -> Any:
     from emostream.model.data.features import build_featurizers
 
     try:
-        return build_featurizers([modality])[modality]
+        return build_featurizers([modality], visual_backbone=visual_backbone)[modality]
     except (ImportError, OSError) as e:
         raise RuntimeError(f"the {modality} extractor is not available: {e}") from e
 
@@ -155,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         if not modalities:
             print("emostream extract: the dataset has no media files and text was not requested: nothing to do")
             return 2
-        featurizers = {m: _featurizer(m) for m in modalities}
+        featurizers = {m: _featurizer(m, args.visual_backbone) for m in modalities}
         dialogues, _ = dataset_features(dataset, modalities, args.out, featurizers=featurizers,
                                         progress=not args.no_progress, limit=args.limit)
     except (FileNotFoundError, ValueError, RuntimeError) as e:

@@ -26,8 +26,12 @@ logger = logging.getLogger(__name__)
 
 
 def build_featurizers(modalities: Sequence[str], text_encoder: str = "all-MiniLM-L6-v2",
-                      audio_features: str = "eGeMAPSv02") -> dict[str, Any]:
-    """The extractors for `modalities` (lazy imports: only what is asked for is loaded)."""
+                      audio_features: str = "eGeMAPSv02", visual_backbone: str = "mobilenet_v2-imagenet") -> dict[str, Any]:
+    """The extractors for `modalities` (lazy imports: only what is asked for is loaded).
+
+    visual_backbone: "mobilenet_v2-imagenet" (1280-d ImageNet features per face crop) or
+    "fer-mini-xception" (the facial-expression expert's 128-d embedding per face crop).
+    """
     out: dict[str, Any] = {}
     for m in modalities:
         if m not in MODALITIES:
@@ -43,7 +47,7 @@ def build_featurizers(modalities: Sequence[str], text_encoder: str = "all-MiniLM
         else:
             from emostream.model.features.visual import VisualFeaturizer
 
-            out[m] = VisualFeaturizer()
+            out[m] = VisualFeaturizer(visual_backbone)
     return out
 
 

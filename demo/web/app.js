@@ -9,6 +9,7 @@
   const PING_EVERY_MS = 5000;
   const BACKOFF_MIN_MS = 500;
   const BACKOFF_MAX_MS = 10000;
+  const FACE_STALE_MS = 2500; // face events come a few times a second; older than this is stale
 
   // One colour per emotion, the same everywhere (bars, badges, timeline).
   const LABEL_COLOURS = {
@@ -61,13 +62,15 @@
     latencies: [],
     pingSent: new Map(),
     pipelineDrops: 0,
+    modalities: [], // per-modality rows in the Now card, in order (hello.live_modalities, then any seen)
+    faceSeenAt: null, // performance.now() of the last `face` event, null if none since the last hello
   };
 
   function utt(id, speaker) {
     let u = state.utterances.get(id);
     if (!u) {
       u = { id, speaker, tStart: null, tEnd: null, text: "", label: null, confidence: null, probs: null,
-            final: false, flags: [], ended: false, node: null, seg: null };
+            final: false, flags: [], modalities: null, ended: false, node: null, seg: null };
       state.utterances.set(id, u);
       state.order.push(id);
       while (state.order.length > MAX_UTTERANCES) {
@@ -118,6 +121,137 @@
     }
   }
 
+  const isProbs = (d) => !!d && typeof d === "object" && !Array.isArray(d);
+  function topOf(probs) { // [label, p] of the largest probability, or [null, null]
+    let best = null, bestP = -1;
+    for (const [k, v] of Object.entries(probs)) if (typeof v === "number" && v > bestP) { best = k; bestP = v; }
+    return best === null ? [null, null] : [best, bestP];
+  }
+  function describe(probs) { // "joy 78%, neutral 12%, ..." largest first
+    return Object.entries(probs).filter(([, v]) => typeof v === "number")
+      .sort((a, b) => b[1] - a[1]).map(([k, v]) => k + " " + pct(v)).join(", ");
+  }
+
+  // A thin stacked bar: one segment per label (the hello's order), width = probability.
+  function fillDist(node, probs) {
+    if (!isProbs(probs)) { node.replaceChildren(); node.title = ""; return; }
+    const labels = state.labels.slice();
+    for (const k of Object.keys(probs)) if (!labels.includes(k)) labels.push(k);
+    if (node.childElementCount !== labels.length || [...node.children].some((c, i) => c.dataset.label !== labels[i])) {
+      node.replaceChildren();
+      for (const label of labels) {
+        const seg = el("span", "dseg");
+        seg.dataset.label = label;
+        seg.style.background = colourOf(label);
+        node.appendChild(seg);
+      }
+    }
+    const [top] = topOf(probs);
+    for (const seg of node.children) {
+      const p = probs[seg.dataset.label];
+      seg.style.width = ((typeof p === "number" ? p : 0) * 100).toFixed(2) + "%";
+      seg.classList.toggle("top", seg.dataset.label === top);
+    }
+    node.title = describe(probs);
+  }
+
+  function modRow(name) {
+    const box = $("modalities");
+    let row = box.querySelector('.mod-row[data-modality="' + CSS.escape(name) + '"]');
+    if (!row) {
+      row = el("div", "mod-row");
+      row.setAttribute("role", "listitem");
+      row.dataset.modality = name;
+      row.dataset.state = "empty";
+      const label = el("span", "mod-label");
+      label.append(el("span", "swatch"), el("span", "mod-top", "–"));
+      label.firstChild.setAttribute("aria-hidden", "true");
+      const dist = el("span", "dist");
+      dist.setAttribute("aria-hidden", "true");
+      row.append(el("span", "mod-name", name), label, el("span", "mod-pct"), dist);
+      row.setAttribute("aria-label", name + ": no prediction yet");
+      box.appendChild(row);
+      if (!state.modalities.includes(name)) state.modalities.push(name);
+      $("modalities-box").hidden = false;
+    }
+    return row;
+  }
+  function setModalityRows(names) {
+    $("modalities").replaceChildren();
+    state.modalities = [];
+    for (const name of names) modRow(name);
+    $("modalities-box").hidden = state.modalities.length === 0;
+  }
+  const absentText = (name) => (name === "face" ? "no face" : "–");
+
+  function renderModalities(msg) {
+    const mods = msg.modalities;
+    if (!isProbs(mods)) return; // an older server: no per-modality distributions
+    for (const name of Object.keys(mods)) modRow(name);
+    $("modalities").classList.toggle("interim", !msg.final);
+    for (const row of $("modalities").children) {
+      const name = row.dataset.modality;
+      const d = mods[name];
+      const sw = row.querySelector(".swatch");
+      if (isProbs(d)) {
+        const [label, p] = topOf(d);
+        row.dataset.state = "ok";
+        row.dataset.label = label;
+        sw.style.background = colourOf(label);
+        row.querySelector(".mod-top").textContent = label;
+        row.querySelector(".mod-pct").textContent = pct(p);
+        fillDist(row.querySelector(".dist"), d);
+        row.setAttribute("aria-label", name + ": " + label + " " + pct(p) + (msg.final ? "" : " (interim)"));
+      } else {
+        // null: the modality saw nothing (no face); missing: not reported in this prediction
+        row.dataset.state = d === null ? "absent" : "empty";
+        delete row.dataset.label;
+        sw.style.background = "";
+        row.querySelector(".mod-top").textContent = d === null ? absentText(name) : "–";
+        row.querySelector(".mod-pct").textContent = "";
+        fillDist(row.querySelector(".dist"), null);
+        row.setAttribute("aria-label", name + ": " + (d === null ? absentText(name) : "not reported"));
+      }
+    }
+  }
+
+  function renderFace(msg) {
+    const box = $("face-now");
+    box.hidden = false;
+    state.faceSeenAt = performance.now();
+    box.dataset.stale = "false";
+    const present = msg.present !== false && isProbs(msg.probs);
+    box.dataset.present = String(present);
+    const n = typeof msg.n_faces === "number" ? msg.n_faces : null;
+    if (present) {
+      let label = typeof msg.label === "string" ? msg.label : null;
+      let conf = typeof msg.confidence === "number" ? msg.confidence : null;
+      if (label === null) [label, conf] = topOf(msg.probs);
+      if (conf === null && typeof msg.probs[label] === "number") conf = msg.probs[label];
+      box.dataset.label = label;
+      $("face-now-swatch").style.background = colourOf(label);
+      $("face-now-label").textContent = label;
+      $("face-now-conf").textContent = conf === null ? "" : pct(conf);
+      fillDist($("face-now-dist"), msg.probs);
+      $("face-now-extra").textContent = n !== null && n > 1 ? n + " faces" : "";
+      box.setAttribute("aria-label", "live facial expression: " + label + (conf === null ? "" : " " + pct(conf)));
+    } else {
+      delete box.dataset.label;
+      $("face-now-swatch").style.background = "";
+      $("face-now-label").textContent = "no face in view";
+      $("face-now-conf").textContent = "";
+      fillDist($("face-now-dist"), null);
+      $("face-now-extra").textContent = "";
+      box.setAttribute("aria-label", "live facial expression: no face in view");
+    }
+  }
+  function checkFaceStale() {
+    if (state.faceSeenAt === null) return;
+    const stale = performance.now() - state.faceSeenAt > FACE_STALE_MS;
+    const box = $("face-now");
+    if (box.dataset.stale !== String(stale)) box.dataset.stale = String(stale);
+  }
+
   function renderNow(msg) {
     const c = colourOf(msg.label);
     $("now").dataset.final = String(msg.final);
@@ -127,6 +261,7 @@
     $("now-swatch").style.background = c;
     $("now-confidence").textContent = pct(msg.confidence) + " confidence" + (msg.final ? "" : " (interim)");
     $("now-text").textContent = msg.text ? "“" + msg.text + "”" : "";
+    renderModalities(msg);
     const bars = $("bars");
     bars.classList.toggle("interim", !msg.final);
     for (const row of bars.children) {
@@ -150,7 +285,8 @@
       const stripe = el("div", "stripe");
       const body = el("div", "body");
       const head = el("div", "head");
-      head.append(el("span", "speaker"), el("span", "label"), el("span", "conf"), el("span", "tag"), el("span", "flags"));
+      head.append(el("span", "speaker"), el("span", "label"), el("span", "conf"), el("span", "chips"), el("span", "tag"),
+                  el("span", "flags"));
       body.append(head, el("div", "text"));
       u.node.append(stripe, body);
       list.appendChild(u.node);
@@ -174,7 +310,35 @@
     const tag = head.querySelector(".tag");
     tag.textContent = stateName === "final" ? "" : stateName;
     tag.hidden = stateName === "final";
-    head.querySelector(".flags").textContent = u.flags.length ? u.flags.join(" · ") : "";
+    const chips = head.querySelector(".chips");
+    chips.replaceChildren();
+    const mods = u.final && isProbs(u.modalities) ? u.modalities : null;
+    if (mods) {
+      for (const name of Object.keys(mods)) {
+        const d = mods[name];
+        const chip = el("span", "chip");
+        chip.dataset.modality = name;
+        chip.append(el("span", "chip-name", name));
+        if (isProbs(d)) {
+          const [label, p] = topOf(d);
+          chip.dataset.label = label;
+          const sw = el("span", "swatch");
+          sw.style.background = colourOf(label);
+          sw.setAttribute("aria-hidden", "true");
+          chip.append(sw, el("span", "chip-label", label));
+          chip.title = name + ": " + describe(d);
+          chip.setAttribute("aria-label", name + " " + label + " " + pct(p));
+        } else {
+          chip.classList.add("absent");
+          chip.append(el("span", "chip-label", d === null ? absentText(name) : "–"));
+          chip.title = name + ": " + (d === null ? absentText(name) : "not reported");
+        }
+        chips.appendChild(chip);
+      }
+    }
+    // a "no face" chip already says what the no_face flag says
+    const flags = mods && mods.face === null ? u.flags.filter((f) => f !== "no_face") : u.flags;
+    head.querySelector(".flags").textContent = flags.length ? flags.join(" · ") : "";
     u.node.querySelector(".text").textContent = u.text;
     u.node.title = u.probs ? Object.entries(u.probs).map(([k, v]) => k + " " + pct(v)).join(", ") : "";
     if (stick) list.scrollTop = list.scrollHeight;
@@ -247,6 +411,28 @@
       $("meta").textContent = "model " + msg.model + " · modalities " + mods + " · audio " + (rates.audio_hz || "–") +
         " Hz" + (rates.video_fps ? " · video " + rates.video_fps + " fps" : "") + " · session " + msg.session +
         " · server " + msg.server_version + " · protocol v" + msg.v;
+      // optional (newer servers): live per-modality distributions, experts, fusion rule
+      const live = Array.isArray(msg.live_modalities) ? msg.live_modalities.map(String) : [];
+      setModalityRows(live);
+      const fusion = isProbs(msg.fusion) ? msg.fusion : null;
+      // e.g. {rule: "log-linear", face_weight: 0.5, face_trust: 0.7}: the rule, then its parameters
+      const params = fusion ? Object.entries(fusion).filter(([k, v]) => k !== "rule" &&
+        ["string", "number", "boolean"].includes(typeof v)).map(([k, v]) => k.replace(/_/g, " ") + " " + v) : [];
+      const rule = fusion ? [(fusion.rule ? String(fusion.rule) + " " : "") + "fusion", ...params].join(", ") : "";
+      $("fusion-rule").textContent = rule;
+      $("fusion-rule").title = rule;
+      const experts = isProbs(msg.experts) ? Object.entries(msg.experts) : [];
+      const expertsNode = $("meta-experts");
+      const parts = [];
+      if (experts.length) {
+        parts.push("experts " + experts.map(([k, v]) => k + " " + (v === null || v === undefined ? "none" : v)).join(", "));
+      }
+      if (fusion) parts.push("fusion " + (fusion.rule ? String(fusion.rule) : "") + (params.length ? " (" + params.join(", ") + ")" : ""));
+      expertsNode.textContent = parts.length ? " · " + parts.join(" · ") : "";
+      expertsNode.hidden = !parts.length;
+      // the face-now line shows only while this server sends `face` events
+      $("face-now").hidden = true;
+      state.faceSeenAt = null;
     },
     utterance(msg) {
       seeStreamTime(msg.t_ms);
@@ -265,7 +451,8 @@
       const u = utt(msg.utterance_id, msg.speaker);
       if (u.final && !msg.final) return; // a late interim never overrides the final
       Object.assign(u, { label: msg.label, confidence: msg.confidence, probs: msg.probs, final: msg.final,
-                         flags: msg.flags || [] });
+                         flags: Array.isArray(msg.flags) ? msg.flags : [],
+                         modalities: isProbs(msg.modalities) ? msg.modalities : null });
       if (msg.text) u.text = msg.text;
       if (u.tStart === null) u.tStart = msg.t_start_ms;
       if (msg.final) u.tEnd = msg.t_end_ms;
@@ -296,6 +483,10 @@
       let text = msg.message;
       if (Array.isArray(msg.modalities)) text += " (modalities: " + (msg.modalities.join(" + ") || "none") + ")";
       banner(msg.level || "info", msg.code, text, msg.level !== "info");
+    },
+    face(msg) {
+      if (typeof msg.t_ms === "number") seeStreamTime(msg.t_ms);
+      renderFace(msg);
     },
     error(msg) { banner("error", msg.code, msg.message, false); },
     pong(msg) {
@@ -401,6 +592,6 @@
   });
 
   renderLabels();
-  setInterval(renderTimeline, 250);
+  setInterval(() => { renderTimeline(); checkFaceStale(); }, 250);
   connect();
 })();

@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     while time.monotonic() < deadline and not pipeline.done.is_set():
         time.sleep(0.1)
     pipeline.close()
+    faces = pipeline.worker.faces if pipeline.worker is not None else None
     finals = [e for e in events if e["type"] == "prediction" and e["final"]]
     totals = [f["timings_ms"]["total_ms"] for f in finals]
     waits = [f["timings_ms"]["endpoint_wait_ms"] for f in finals]
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "finals_with_face": sum(1 for f in finals if (f.get("modalities") or {}).get("face") is not None),
         "face_events": len(face_events),
         "face_events_per_s": round(len(face_events) / (args.repeat * duration), 2),
+        "face_frames_analyzed_per_s": round(faces.analyzed / (args.repeat * duration), 2) if faces else None,
         "rtf": metrics[-1]["rtf"] if metrics else None,
         "startup_s": round(load_s, 2),
         "interim_predictions": sum(1 for e in events if e["type"] == "prediction" and not e["final"]),

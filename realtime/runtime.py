@@ -101,7 +101,6 @@ def build_face_path(config: Any, labels: tuple[str, ...], modalities: tuple[str,
     if not config.face_expert:
         return None, None
     from emostream.model.features.face_expert import FaceExpressionExpert
-    from emostream.model.features.visual import FaceDetector
     from emostream.realtime.faces import FaceAnalyzer, FaceTracker
     from emostream.realtime.fusion import FaceFusion
 
@@ -112,9 +111,31 @@ def build_face_path(config: Any, labels: tuple[str, ...], modalities: tuple[str,
         logger.warning("the face expert's labels %s match none of the model's %s: face expert off",
                        expert.labels, labels)
         return None, None
-    tracker = FaceTracker(FaceAnalyzer(FaceDetector(), expert), fps=config.face_fps)
-    logger.info("face expert %s at %.1f frames/s, fusion weight %.2f", config.face_expert, config.face_fps, weight)
+    tracker = FaceTracker(FaceAnalyzer(build_face_detector(config.face_detector), expert), fps=config.face_fps)
+    logger.info("face expert %s at %.1f frames/s (%s detector), fusion weight %.2f", config.face_expert,
+                config.face_fps, config.face_detector, weight)
     return tracker, fusion
+
+
+def build_face_detector(name: str) -> Any:
+    """The live face path's detector: MTCNN (default; its weights come with facenet-pytorch) or Haar.
+
+    Without facenet-pytorch installed, MTCNN falls back to Haar with a warning that says what to install.
+    """
+    from emostream.model.features.visual import FaceDetector
+
+    if name == "haar":
+        return FaceDetector()
+    if name != "mtcnn":
+        raise ValueError(f"unknown face detector {name!r}: mtcnn or haar")
+    from emostream.model.features.mtcnn import MTCNNDetector
+    from emostream.model.features.weights import MissingWeightsError
+
+    try:
+        return MTCNNDetector(min_face_size=40)
+    except MissingWeightsError as e:
+        logger.warning("%s; using the Haar detector instead (lower recall)", e)
+        return FaceDetector()
 
 
 def build_components(config: Any) -> dict[str, Any]:

@@ -401,3 +401,24 @@ def test_sample_frames_bounds() -> None:
     assert sample_frames([0, 10**9, 2 * 10**9], 8, 100.0) == [0, 1, 2]
     with pytest.raises(ValueError):
         sample_frames([3, 2, 1], 8, 4.0)
+
+
+def test_the_face_expert_is_a_visual_backbone_for_training_and_serving(tmp_path, monkeypatch) -> None:
+    """`--visual-backbone fer-mini-xception`: training's extractor and the one serving rebuilds from the
+    checkpoint's spec are the same (128-d expert embeddings per face frame)."""
+    from types import SimpleNamespace
+
+    from skimage import data
+
+    from emostream.model.data.features import build_featurizers, spec_for
+    from emostream.model.evaluate import visual_backbone_of
+
+    monkeypatch.setenv("EMOSTREAM_CACHE", str(tmp_path))
+    visual = build_featurizers(("visual",), visual_backbone="fer-mini-xception")["visual"]
+    assert (visual.spec.name, visual.dim) == ("face-expert-embedding", 128)
+    face = np.ascontiguousarray(data.astronaut()[:, :, ::-1])  # BGR
+    feats, mask = visual([face, np.zeros_like(face)])
+    assert mask.tolist()[:2] == [True, False] and feats.shape[1] == 128 and np.abs(feats[0]).sum() > 0
+    spec = spec_for({"visual": visual}).to_dict()
+    assert visual_backbone_of(SimpleNamespace(feature_spec=spec)) == "fer-mini-xception"
+    assert visual_backbone_of(SimpleNamespace(feature_spec={})) == "mobilenet_v2-imagenet"

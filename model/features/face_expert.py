@@ -34,8 +34,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -282,30 +280,11 @@ def preprocess_face(
 
 def _export_onnx(net: MiniXception, path: Path) -> None:
     """Export the (probs, embedding) graph with a dynamic batch, atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".onnx")
-    os.close(fd)
-    try:
-        dummy = torch.zeros(2, INPUT_SIZE, INPUT_SIZE)
-        with warnings.catch_warnings():  # "Constant folding - Only steps=1 ..." from F.pad: harmless
-            warnings.simplefilter("ignore", UserWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)  # the project exports with dynamo=False
-            torch.onnx.export(
-                _ExportWrapper(net).eval(),
-                (dummy,),
-                tmp,
-                input_names=["crops"],
-                output_names=["probs", "embedding"],
-                dynamic_axes={"crops": {0: "batch"}, "probs": {0: "batch"}, "embedding": {0: "batch"}},
-                opset_version=17,
-                dynamo=False,
-            )
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600
-        os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    logger.info("exported the face expert to %s", path)
+    from emostream.model.features.onnx_cache import export_atomic
+
+    batch = {0: "batch"}
+    export_atomic(_ExportWrapper(net), torch.zeros(2, INPUT_SIZE, INPUT_SIZE), path, input_name="crops",
+                  output_names=("probs", "embedding"), dynamic_axes={"crops": batch, "probs": batch, "embedding": batch})
 
 
 class FaceExpressionExpert(SpecCarrier):

@@ -31,8 +31,6 @@ import hashlib
 import importlib.util
 import logging
 import os
-import tempfile
-import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -221,35 +219,15 @@ def onnx_dir(folder: Path) -> Path:
 
 def _export_onnx(net: nn.Module, name: str, path: Path) -> None:
     """Export one net (NCHW float32 input, dynamic batch; P-Net also dynamic H, W), atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".onnx")
-    os.close(fd)
+    from emostream.model.features.onnx_cache import export_atomic
+
     side = {"pnet": None, "rnet": 24, "onet": 48}[name]
     dummy = torch.zeros(2, 3, side or 37, side or 53)  # P-Net: any size >= 12; odd sides for ceil_mode
     axes: dict[int, str] = {0: "batch"} if side else {0: "batch", 2: "height", 3: "width"}
-    outputs = _OUTPUTS[name]
     out_axes: dict[int, str] = {0: "batch"} if side else {0: "batch", 2: "rows", 3: "cols"}
-    try:
-        plain = copy.deepcopy(net).to(memory_format=torch.contiguous_format).eval()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)  # the project exports with dynamo=False
-            torch.onnx.export(
-                plain,
-                (dummy,),
-                tmp,
-                input_names=["image"],
-                output_names=list(outputs),
-                dynamic_axes={"image": axes, **{o: out_axes for o in outputs}},
-                opset_version=17,
-                dynamo=False,
-            )
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600
-        os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    logger.info("exported MTCNN %s to %s", name, path)
+    plain = copy.deepcopy(net).to(memory_format=torch.contiguous_format)
+    export_atomic(plain, dummy, path, input_name="image", output_names=_OUTPUTS[name],
+                  dynamic_axes={"image": axes, **{o: out_axes for o in _OUTPUTS[name]}})
 
 
 def _ort_sessions(nets: dict[str, nn.Module], folder: Path, threads: int) -> dict[str, Any]:

@@ -282,6 +282,13 @@ FACE_MARGIN = 0.2
 CROP_SIZE = 224
 
 
+def _haar_face(cascade: str, detect_width: int, scale_factor: float, min_neighbors: int,
+               min_face_frac: float) -> dict[str, Any]:
+    """The face-detection part of a visual spec's preprocessing (the largest Haar face per frame)."""
+    return {"detector": cascade, "detect_width": detect_width, "scale_factor": scale_factor,
+            "min_neighbors": min_neighbors, "min_face_frac": min_face_frac, "face": "largest"}
+
+
 def visual_spec(
     weights_id: str = "mobilenet_v2-imagenet",
     dim: int = 1280,
@@ -300,12 +307,7 @@ def visual_spec(
         version=VISUAL_VERSION,
         weights_id=weights_id,
         preprocessing={
-            "detector": cascade,
-            "detect_width": detect_width,
-            "scale_factor": scale_factor,
-            "min_neighbors": min_neighbors,
-            "min_face_frac": min_face_frac,
-            "face": "largest",
+            **_haar_face(cascade, detect_width, scale_factor, min_neighbors, min_face_frac),
             "margin": margin,
             "crop_size": crop_size,
             "color": "RGB",
@@ -347,12 +349,7 @@ def face_expert_spec(
         version=FACE_EXPERT_VERSION,
         weights_id=weights_id,
         preprocessing={
-            "detector": cascade,
-            "detect_width": detect_width,
-            "scale_factor": scale_factor,
-            "min_neighbors": min_neighbors,
-            "min_face_frac": min_face_frac,
-            "face": "largest",
+            **_haar_face(cascade, detect_width, scale_factor, min_neighbors, min_face_frac),
             "margin": margin,
             "crop": "square, black outside the image",
             "crop_size": crop_size,

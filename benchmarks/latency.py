@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--video", default=str(ROOT / "demo" / "media" / "sample.mp4"), help="video played as the camera")
     p.add_argument("--no-face", action="store_true", help="no face expert")
     args = p.parse_args(argv)
-    from emostream.realtime.pipeline import Pipeline, PipelineConfig
+    from emostream.realtime.config import PipelineConfig
+    from emostream.realtime.pipeline import Pipeline
 
     events: list[dict] = []
     cfg = PipelineConfig(media=args.media, video=args.video or None, realtime=True, loop=args.repeat > 1,

@@ -19,40 +19,11 @@ from types import SimpleNamespace
 from typing import Any
 
 from emostream.model.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
-from emostream.model.data.features import build_featurizers, dataset_features, load_split, spec_for
+from emostream.model.data.features import checkpoint_featurizers, dataset_features, load_split
 from emostream.model.fit import evaluate_dialogues
 from emostream.model.metrics import save_confusion_png
 
 logger = logging.getLogger(__name__)
-
-
-def text_encoder_of(ckpt: LoadedCheckpoint) -> str:
-    """The text encoder reference a checkpoint was trained with: a bundled name when its weights id
-    matches one, else the reference recorded at training time."""
-    from emostream.model.features.weights import ref_for_weights_id
-
-    wid = (ckpt.feature_spec.get("text") or {}).get("weights_id")
-    bundled = ref_for_weights_id(wid) if wid else None
-    if bundled:
-        return bundled
-    ref = ckpt.meta.get("train_config", {}).get("text_encoder")
-    return str(ref or wid or "all-MiniLM-L6-v2")
-
-
-def visual_backbone_of(ckpt: LoadedCheckpoint) -> str:
-    """The frame backbone a checkpoint was trained with (its visual spec's weights id)."""
-    return str((ckpt.feature_spec.get("visual") or {}).get("weights_id") or "mobilenet_v2-imagenet")
-
-
-def checkpoint_featurizers(ckpt: LoadedCheckpoint) -> dict[str, Any]:
-    """Extractors for the checkpoint's modalities, checked against its feature spec."""
-    from emostream.model.features.spec import FeatureSpec, check_compatible
-
-    featurizers = build_featurizers(ckpt.modalities, text_encoder=text_encoder_of(ckpt),
-                                    visual_backbone=visual_backbone_of(ckpt))
-    if ckpt.feature_spec:
-        check_compatible(FeatureSpec.from_dict(ckpt.feature_spec), spec_for(featurizers), ckpt.modalities)
-    return featurizers
 
 
 def evaluate(ckpt: LoadedCheckpoint, dataset: Any, cache: str, progress: bool = True) -> dict[str, Any]:

@@ -32,7 +32,11 @@ ERROR_CODES: tuple[str, ...] = (
     "bad_version",  # `v` is not a version this server speaks
     "unknown_type",  # `type` is not a client message type
     "too_big",  # the message is over the server's size limit
-    "binary",  # a binary frame (the protocol is text only)
+    "binary",  # a binary frame from a watching connection (only capturing clients send media)
+    "bad_frame",  # a binary media frame with a bad header, kind, rate or size (dropped; the session goes on)
+    "too_fast",  # a capturing client sends audio faster than real time (the excess is dropped)
+    "busy",  # the server has as many capturing sessions as it admits (--max-sessions)
+    "forbidden",  # e.g. resetting the shared session without the operator's token
     "internal",  # the server failed handling an otherwise valid message
 )
 STATUS_LEVELS: tuple[str, ...] = ("info", "warning", "error")
@@ -90,7 +94,7 @@ def _check_fields(obj: Mapping[str, Any], allowed: Iterable[str], kind: str) -> 
 def parse_client_message(text: str | bytes) -> ClientMessage:
     """Parse one client text frame; raise ProtocolError (with a code) when it is not acceptable."""
     if isinstance(text, (bytes, bytearray, memoryview)):
-        raise ProtocolError("binary", "binary frames are not part of the protocol: send JSON text")
+        raise ProtocolError("binary", "binary media frames come only from capturing clients (/ws?source=browser)")
     try:
         obj = json.loads(text)
     except (ValueError, RecursionError) as exc:
@@ -209,6 +213,7 @@ def hello(
     live_modalities: Iterable[str] | None = None,
     experts: Mapping[str, str | None] | None = None,
     fusion: Mapping[str, Any] | None = None,
+    capture: Mapping[str, Any] | None = None,
 ) -> JsonDict:
     """First message on every connection: what this server recognises and how.
 
@@ -235,6 +240,8 @@ def hello(
         msg["experts"] = {str(k): (None if v is None else str(v)) for k, v in experts.items()}
     if fusion is not None:
         msg["fusion"] = dict(fusion)
+    if capture is not None:
+        msg["capture"] = dict(capture)
     if session is not None:
         msg["session"] = session
     if server_version is not None:
@@ -506,6 +513,7 @@ SCHEMAS: dict[str, JsonDict] = {
             "experts": {"type": "object", "additionalProperties": {"type": ["string", "null"]},
                         "description": "optional: pretrained experts in use, e.g. face, speaker"},
             "fusion": {"type": "object", "description": "optional: how `probs` combines the modalities"},
+            "capture": {"type": "object", "description": "optional: this connection captures; the media frame limits"},
         },
         ["session", "labels", "model", "modalities", "sample_rates", "server_version"],
     ),

@@ -8,6 +8,7 @@ feature spec and modalities, so a mismatched export is refused with a clear erro
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,14 +87,14 @@ def load_step_model(checkpoint: Any, engine: str = "onnx", engine_dir: str | Non
 
 def build_featurizers_for(checkpoint: Any) -> Featurizers:
     """The same extractors training used, for the checkpoint's modalities only (spec-checked)."""
-    from emostream.model.evaluate import checkpoint_featurizers
+    from emostream.model.data.features import checkpoint_featurizers
 
     found = checkpoint_featurizers(checkpoint)
     return Featurizers(text=found.get("text"), audio=found.get("audio"), visual=found.get("visual"))
 
 
 def build_face_path(config: Any, labels: tuple[str, ...], modalities: tuple[str, ...]) -> tuple[Any, Any]:
-    """(FaceTracker, FaceFusion) for the configured face expert, or (None, None) without one.
+    """(FaceAnalyzer, FaceFusion) for the configured face expert, or (None, None) without one.
 
     A checkpoint that was itself trained on faces (`visual`) already fuses them: the expert then
     still shows its own distribution and the live face events, but its fusion weight is 0.
@@ -101,7 +102,7 @@ def build_face_path(config: Any, labels: tuple[str, ...], modalities: tuple[str,
     if not config.face_expert:
         return None, None
     from emostream.model.features.face_expert import FaceExpressionExpert
-    from emostream.realtime.faces import FaceAnalyzer, FaceTracker
+    from emostream.realtime.faces import FaceAnalyzer
     from emostream.realtime.fusion import FaceFusion
 
     expert = FaceExpressionExpert(config.face_expert, threads=1)
@@ -111,10 +112,9 @@ def build_face_path(config: Any, labels: tuple[str, ...], modalities: tuple[str,
         logger.warning("the face expert's labels %s match none of the model's %s: face expert off",
                        expert.labels, labels)
         return None, None
-    tracker = FaceTracker(FaceAnalyzer(build_face_detector(config.face_detector), expert), fps=config.face_fps)
     logger.info("face expert %s at %.1f frames/s (%s detector), fusion weight %.2f", config.face_expert,
                 config.face_fps, config.face_detector, weight)
-    return tracker, fusion
+    return FaceAnalyzer(build_face_detector(config.face_detector), expert), fusion
 
 
 def build_face_detector(name: str) -> Any:
@@ -138,20 +138,51 @@ def build_face_detector(name: str) -> Any:
         return FaceDetector()
 
 
-def build_components(config: Any) -> dict[str, Any]:
-    """The shared parts a Pipeline runs on, for a PipelineConfig: {"session", "transcriber",
-    "checkpoint", "faces" (a FaceTracker or None), "speakers" (a SpeakerTracker)}."""
+@dataclass
+class SharedModels:
+    """The heavy parts, loaded once per process and shared by every dialogue: the checkpoint's
+    step engine and feature extractors, ASR, the face detector + expert, the fusion rule. (The
+    speaker embedder is shared through `VoiceEmbedder.shared()`.) All are stateless across calls:
+    a dialogue's state lives in its own `dialogue_parts()`."""
+
+    config: Any
+    checkpoint: Any
+    model: EngineStepModel
+    featurizers: Featurizers
+    transcriber: Any
+    face_analyzer: Any = None
+    face_fusion: Any = None
+
+    def dialogue_parts(self) -> dict[str, Any]:
+        """A new dialogue's own parts: {"session", "faces", "speakers"} (+ the shared "transcriber")."""
+        from emostream.realtime.faces import FaceTracker
+        from emostream.realtime.speakers import SpeakerTracker
+
+        faces = FaceTracker(self.face_analyzer, fps=self.config.face_fps) if self.face_analyzer is not None else None
+        return {
+            "session": DialogueSession(self.model, self.featurizers, face_fusion=self.face_fusion),
+            "faces": faces,
+            "speakers": SpeakerTracker(self.model.n_parties, self.config.speaker_mode),
+            "transcriber": self.transcriber,
+            "checkpoint": self.checkpoint,
+        }
+
+
+def load_shared_models(config: Any) -> SharedModels:
+    """Load everything heavy for a PipelineConfig, once."""
     from emostream.model.checkpoint import load_checkpoint
     from emostream.realtime.asr import AsrConfig, Transcriber
-    from emostream.realtime.speakers import SpeakerTracker
 
     checkpoint = load_checkpoint(config.checkpoint)
     model = load_step_model(checkpoint, config.engine, config.engine_dir)
-    faces, fusion = build_face_path(config, model.labels, model.modalities)
-    session = DialogueSession(model, build_featurizers_for(checkpoint), face_fusion=fusion)
-    speakers = SpeakerTracker(model.n_parties, config.speaker_mode)
-    transcriber = Transcriber(AsrConfig(model=config.asr_model))
+    analyzer, fusion = build_face_path(config, model.labels, model.modalities)
+    shared = SharedModels(config, checkpoint, model, build_featurizers_for(checkpoint),
+                          Transcriber(AsrConfig(model=config.asr_model)), analyzer, fusion)
     logger.info("model %s on %s (%s); labels %s; speakers by %s", model.name, config.engine,
                 ",".join(model.modalities), ",".join(model.labels), config.speaker_mode)
-    return {"session": session, "transcriber": transcriber, "checkpoint": checkpoint, "faces": faces,
-            "speakers": speakers}
+    return shared
+
+
+def build_components(config: Any) -> dict[str, Any]:
+    """One dialogue's parts on freshly loaded models (what a Pipeline without shared models uses)."""
+    return load_shared_models(config).dialogue_parts()

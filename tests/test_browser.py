@@ -171,7 +171,7 @@ def test_page_shows_modalities_and_live_face_on_the_sample(tmp_path: Path) -> No
 # A FAKE server, used only to drive the page's rendering code with scripted messages.
 
 try:  # the page is served under the real server's Content-Security-Policy
-    from emostream.realtime.server import _PAGE_CSP as PAGE_CSP
+    from emostream.realtime.transport.http import _PAGE_CSP as PAGE_CSP
 except ImportError:  # pragma: no cover
     PAGE_CSP = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; frame-ancestors 'none'"
 

@@ -410,8 +410,7 @@ def test_the_face_expert_is_a_visual_backbone_for_training_and_serving(tmp_path,
 
     from skimage import data
 
-    from emostream.model.data.features import build_featurizers, spec_for
-    from emostream.model.evaluate import visual_backbone_of
+    from emostream.model.data.features import build_featurizers, spec_for, visual_backbone_of
 
     monkeypatch.setenv("EMOSTREAM_CACHE", str(tmp_path))
     visual = build_featurizers(("visual",), visual_backbone="fer-mini-xception")["visual"]

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from emostream.realtime import protocol
-from emostream.realtime.pipeline import Pipeline, PipelineConfig
+from emostream.realtime.config import PipelineConfig
+from emostream.realtime.pipeline import Pipeline
 from emostream.realtime.text_metrics import word_error_rate
 
 DATA = Path(__file__).parent / "data"

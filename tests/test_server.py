@@ -21,10 +21,11 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from emostream.realtime import cli as server_mod
 from emostream.realtime import protocol
-from emostream.realtime import server as server_mod
 from emostream.realtime.protocol import Config, Reset
-from emostream.realtime.server import Broadcaster, ClientQueue, Server, ServerConfigError
+from emostream.realtime.transport.broadcast import Broadcaster, ClientQueue
+from emostream.realtime.transport.ws import Server, ServerConfigError
 
 LABELS = ["anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"]
 VALIDATORS = {kind: jsonschema.Draft202012Validator(schema) for kind, schema in protocol.SCHEMAS.items()}
@@ -437,7 +438,7 @@ def test_non_loopback_bind_without_token_is_refused(capsys: pytest.CaptureFixtur
         Server(host, 0)
     with pytest.raises(ServerConfigError):
         Server("127.0.0.1", 0, token="has space")
-    assert server_mod.main(["--host", "0.0.0.0", "--port", "0"]) == 2
+    assert server_mod.serve_main(["--host", "0.0.0.0", "--port", "0"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and "token" in err
 
@@ -566,7 +567,7 @@ def test_main_prints_one_serving_line_and_runs_the_source_once(
         return sources[-1]
 
     monkeypatch.setattr(server_mod, "_load_event_source_factory", lambda: factory)
-    assert server_mod.main(["--port", "0", "--once"]) == 0
+    assert server_mod.serve_main(["--port", "0", "--once"]) == 0
     out, _ = capsys.readouterr()
     assert re.fullmatch(r"serving http://127\.0\.0\.1:\d+/\n", out), out
     assert sources and sources[0].closed
@@ -577,8 +578,8 @@ def test_main_without_the_pipeline_explains(monkeypatch: pytest.MonkeyPatch, cap
         raise ImportError("No module named 'emostream.realtime.pipeline'")
 
     monkeypatch.setattr(server_mod, "_load_event_source_factory", missing)
-    assert server_mod.main(["--port", "0"]) == 1
+    assert server_mod.serve_main(["--port", "0"]) == 1
     out, err = capsys.readouterr()
     assert out == "" and "pipeline" in err
-    assert server_mod.main(["--port", "0", "--media", "/no/such/file.mp4"]) == 2
+    assert server_mod.serve_main(["--port", "0", "--media", "/no/such/file.mp4"]) == 2
     assert "not found" in capsys.readouterr().err

@@ -12,8 +12,10 @@ import time
 import pytest
 from websockets.asyncio.client import connect
 
-from emostream.realtime.pipeline import PipelineConfig, PipelineEventSource
-from emostream.realtime.server import Server, default_media
+from emostream.realtime.cli import default_media
+from emostream.realtime.config import PipelineConfig
+from emostream.realtime.pipeline import PipelineEventSource
+from emostream.realtime.transport.ws import Server
 
 N_CLIENTS = 20
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emostream.realtime.pipeline import DropOldestQueue, FrameRing
 from emostream.realtime.sources import MediaFileSource, SourceError, WebcamSource, import_sounddevice
 from emostream.realtime.types import AudioChunk, VideoFrame
+from emostream.realtime.worker import DropOldestQueue, FrameRing
 
 ROOT = Path(__file__).resolve().parents[1]
 

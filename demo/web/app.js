@@ -1,5 +1,7 @@
 // emostream browser client: protocol v1 over ws(s)://<this host>/ws (see docs/protocol.md).
 // Vanilla JS, no dependencies. All text from the server goes through textContent.
+// Two modes: watching (the server's own source) and capturing (this browser's camera and
+// microphone, sent as binary frames by capture.js on /ws?source=browser; one session each).
 "use strict";
 
 (function () {
@@ -10,6 +12,8 @@
   const BACKOFF_MIN_MS = 500;
   const BACKOFF_MAX_MS = 10000;
   const FACE_STALE_MS = 2500; // face events come a few times a second; older than this is stale
+  const DEBUG_LOG_MAX = 5000; // messages kept in window.emostream.messages
+  const CAP = window.EmostreamCapture; // capture.js
 
   // One colour per emotion, the same everywhere (bars, badges, timeline).
   const LABEL_COLOURS = {
@@ -64,7 +68,21 @@
     pipelineDrops: 0,
     modalities: [], // per-modality rows in the Now card, in order (hello.live_modalities, then any seen)
     faceSeenAt: null, // performance.now() of the last `face` event, null if none since the last hello
+    mode: "watch", // "watch": the server's source; "capture": this browser's camera and microphone
+    capture: null, // CAP.Capture while the devices are open
+    session: null, // hello.session of the current connection
   };
+
+  // A small debug hook for tests and the console: what this page received and sent.
+  const debug = {
+    messages: [], // every server message, in order (bounded)
+    hellos: [],
+    get mode() { return state.mode; },
+    get session() { return state.session; },
+    get capture() { return state.capture ? Object.assign({}, state.capture.stats) : null; },
+    finals() { return this.messages.filter((m) => m.type === "prediction" && m.final); },
+  };
+  window.emostream = debug;
 
   function utt(id, speaker) {
     let u = state.utterances.get(id);
@@ -215,6 +233,25 @@
     }
   }
 
+  function renderSelfFace(msg, present, label, conf) {
+    if (state.mode !== "capture") return;
+    const faceBox = $("self-box");
+    const text = present ? label + (conf === null ? "" : " " + pct(conf)) : "no face in view";
+    $("self-face").textContent = text;
+    const b = msg.box, fs = msg.frame_size;
+    if (present && Array.isArray(b) && b.length === 4 && Array.isArray(fs) && fs[0] > 0 && fs[1] > 0) {
+      // the self view is mirrored (like a mirror); the box is in the unmirrored frame's pixels
+      faceBox.style.left = ((1 - (b[0] + b[2]) / fs[0]) * 100).toFixed(2) + "%";
+      faceBox.style.top = (b[1] / fs[1] * 100).toFixed(2) + "%";
+      faceBox.style.width = (b[2] / fs[0] * 100).toFixed(2) + "%";
+      faceBox.style.height = (b[3] / fs[1] * 100).toFixed(2) + "%";
+      faceBox.style.setProperty("--c", colourOf(label));
+      faceBox.hidden = false;
+    } else {
+      faceBox.hidden = true;
+    }
+  }
+
   function renderFace(msg) {
     const box = $("face-now");
     box.hidden = false;
@@ -235,7 +272,9 @@
       fillDist($("face-now-dist"), msg.probs);
       $("face-now-extra").textContent = n !== null && n > 1 ? n + " faces" : "";
       box.setAttribute("aria-label", "live facial expression: " + label + (conf === null ? "" : " " + pct(conf)));
+      renderSelfFace(msg, true, label, conf);
     } else {
+      renderSelfFace(msg, false, null, null);
       delete box.dataset.label;
       $("face-now-swatch").style.background = "";
       $("face-now-label").textContent = "no face in view";
@@ -378,14 +417,25 @@
     node.classList.toggle("alert", !!alert);
   }
 
-  function banner(kind, code, text, sticky) {
+  function banner(kind, code, text, sticky, action) {
     const box = $("banners");
     const key = kind + ":" + code;
     let node = box.querySelector('[data-key="' + CSS.escape(key) + '"]');
+    if (node && action && !node.querySelector(".actions")) { node.remove(); node = null; }
     if (!node) {
       node = el("div", "banner " + kind);
       node.dataset.key = key;
+      node.dataset.code = code;
+      if (kind === "error" || kind === "warning") node.setAttribute("role", "alert");
       node.append(el("span", "code", code), el("span", "msg"));
+      if (action) { // [label, fn]: a button that acts and dismisses the banner
+        const act = el("span", "actions");
+        const b = el("button", "primary", action[0]);
+        b.type = "button";
+        b.addEventListener("click", () => { node.remove(); action[1](); });
+        act.appendChild(b);
+        node.appendChild(act);
+      }
       const close = el("button", null, "dismiss");
       close.type = "button";
       close.addEventListener("click", () => node.remove());
@@ -396,12 +446,33 @@
     clearTimeout(node._timer);
     if (!sticky) node._timer = setTimeout(() => node.remove(), 8000);
   }
+  function unbanner(kind, code) {
+    const node = $("banners").querySelector('[data-key="' + CSS.escape(kind + ":" + code) + '"]');
+    if (node) node.remove();
+  }
 
   // ---------------------------------------------------------------------------------------
   // messages
 
   const handlers = {
-    hello(msg) {
+    hello(msg, sock) {
+      attempt = 0; // a server that answers: the reconnect backoff starts over (not on open: one that
+      captureRefusals = 0; // accepts and at once closes would otherwise be retried every 0.5 s)
+      if (sock) sock.emostreamHello = true;
+      if (state.session !== null && msg.session !== state.session && state.mode === "capture") clearDialogue();
+      state.session = typeof msg.session === "string" ? msg.session : null;
+      debug.hellos.push(msg);
+      if (state.mode === "capture" && state.capture) {
+        if (isProbs(msg.capture)) {
+          if (state.capture.sock !== sock) state.capture.attach(sock, msg.capture); // (a repeated hello keeps the seqs)
+          setCaptureState("sending", "sending your camera and microphone · session " + msg.session);
+          unbanner("error", "busy");
+        } else { // a server that does not take browser capture (it reads its own source)
+          stopCapture(false);
+          banner("error", "no_capture", "This server does not accept the browser's camera and microphone (it " +
+            "reads its own source; start it with --source browser). Watching its stream instead.", true);
+        }
+      }
       state.labels = Array.isArray(msg.labels) ? msg.labels.slice() : [];
       state.interim = msg.interim !== false;
       $("interim-toggle").checked = state.interim;
@@ -488,7 +559,10 @@
       if (typeof msg.t_ms === "number") seeStreamTime(msg.t_ms);
       renderFace(msg);
     },
-    error(msg) { banner("error", msg.code, msg.message, false); },
+    error(msg) {
+      if (msg.code === "busy") { serverBusy(msg.message); return; }
+      banner("error", msg.code, msg.message, false); // bad_frame, too_fast, ...: shown, capture goes on
+    },
     pong(msg) {
       const sent = state.pingSent.get(msg.id);
       if (sent !== undefined) {
@@ -503,12 +577,14 @@
     let msg;
     try { msg = JSON.parse(event.data); } catch (e) { console.warn("emostream: bad JSON", e); return; }
     if (!msg || typeof msg !== "object") return;
+    debug.messages.push(msg);
+    if (debug.messages.length > DEBUG_LOG_MAX) debug.messages.splice(0, debug.messages.length - DEBUG_LOG_MAX);
     if (msg.v !== PROTOCOL_VERSION) {
       banner("error", "bad_version", "the server speaks protocol v" + msg.v + "; this page speaks v" + PROTOCOL_VERSION, true);
       return;
     }
     const handler = handlers[msg.type];
-    if (handler) handler(msg); // unknown types are ignored (protocol rule)
+    if (handler) handler(msg, event.target); // unknown types are ignored (protocol rule)
   }
 
   // ---------------------------------------------------------------------------------------
@@ -519,11 +595,17 @@
   let retryTimer = null;
   let pingTimer = null;
   let pingId = 0;
+  let captureRefusals = 0; // capturing connections closed before their hello, in a row
+  const MAX_CAPTURE_REFUSALS = 6; // with the backoff: ~15 s of a server starting up, then give up
 
   function wsUrl() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     const token = new URLSearchParams(location.search).get("token");
-    return scheme + "//" + location.host + "/ws" + (token ? "?token=" + encodeURIComponent(token) : "");
+    const q = new URLSearchParams();
+    if (token) q.set("token", token);
+    if (state.mode === "capture") q.set("source", "browser");
+    const query = q.toString();
+    return scheme + "//" + location.host + "/ws" + (query ? "?" + query : "");
   }
 
   function setConn(stateName, text) {
@@ -545,7 +627,6 @@
     const sock = new WebSocket(wsUrl());
     ws = sock;
     sock.onopen = () => {
-      attempt = 0;
       setConn("open", "live");
       if (!state.interim) send({ type: "config", interim: false });
       clearInterval(pingTimer);
@@ -558,8 +639,15 @@
     };
     sock.onmessage = onMessage;
     sock.onclose = (ev) => {
+      if (state.capture && state.capture.sock === sock) state.capture.detach();
       if (ws !== sock) return;
       clearInterval(pingTimer);
+      if (ev.code === 1013 && state.mode === "capture") { serverBusy(ev.reason); return; } // full: no capture loop
+      if (state.mode === "capture" && !sock.emostreamHello) { // refused as a capturer (warming up, or never)
+        captureRefusals += 1;
+        if (captureRefusals >= MAX_CAPTURE_REFUSALS) { captureRefused(ev); return; }
+      }
+      if (state.mode === "capture") setCaptureState("waiting", "connection lost · capture resumes on reconnect");
       const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** attempt) * (0.75 + Math.random() * 0.5);
       attempt += 1;
       const until = performance.now() + delay;
@@ -574,15 +662,106 @@
     sock.onerror = () => { /* onclose follows and schedules the retry */ };
   }
 
+  function reconnect() { // close the current connection on purpose and open one in the current mode
+    const old = ws;
+    ws = null;
+    clearTimeout(retryTimer);
+    clearInterval(pingTimer);
+    if (old) { old.onclose = null; if (state.capture) state.capture.detach(); old.close(1000, "switching mode"); }
+    attempt = 0;
+    connect();
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // capture: this browser's camera and microphone
+
+  function setCaptureState(name, text) {
+    $("self-view").dataset.state = name;
+    $("capture-state").textContent = text;
+  }
+  function showMode() {
+    const capturing = state.mode === "capture";
+    $("capture-controls").dataset.mode = state.mode;
+    $("capture-btn").hidden = capturing;
+    $("capture-stop").hidden = !capturing;
+    $("self-view").hidden = !capturing;
+    if (!capturing) { $("self-box").hidden = true; $("self-face").textContent = ""; }
+  }
+  function clearDialogue() {
+    for (const u of state.utterances.values()) { if (u.node) u.node.remove(); if (u.seg) u.seg.remove(); }
+    state.utterances.clear();
+    state.order = [];
+    $("transcript-empty").hidden = false;
+  }
+
+  let starting = false;
+  async function startCapture() {
+    if (state.mode === "capture" || starting) return;
+    starting = true;
+    $("capture-btn").disabled = true;
+    unbanner("error", "busy");
+    unbanner("error", "no_capture");
+    let stream = null;
+    try {
+      stream = await CAP.openDevices();
+    } catch (err) {
+      starting = false;
+      $("capture-btn").disabled = false;
+      banner("error", "capture_failed", CAP.explain(err), true);
+      if (!ws) connect(); // (auto-start) watch instead
+      return;
+    }
+    unbanner("error", "capture_failed");
+    const cap = new CAP.Capture(stream, $("self-video"), (code, text) => banner("warning", code, text, true));
+    state.capture = cap;
+    state.mode = "capture";
+    showMode();
+    setCaptureState("waiting", "connecting as a capturing client…");
+    try {
+      await cap.start();
+    } catch (err) {
+      banner("error", "capture_failed", "Could not start audio capture: " + (err && err.message ? err.message : err), true);
+    }
+    starting = false;
+    $("capture-btn").disabled = false;
+    if (state.capture !== cap) return; // stopped meanwhile
+    clearDialogue();
+    reconnect();
+  }
+
+  function stopCapture(andReconnect) {
+    if (state.capture) { state.capture.stop(); state.capture = null; }
+    if (state.mode !== "capture") return;
+    state.mode = "watch";
+    showMode();
+    if (andReconnect) { clearDialogue(); reconnect(); }
+  }
+
+  function captureRefused(ev) {
+    captureRefusals = 0;
+    stopCapture(false);
+    banner("error", "no_capture", "The server keeps refusing this browser's camera and microphone (closed " +
+      ev.code + (ev.reason ? ": " + ev.reason : "") + "); it may not take browser capture (start it with " +
+      "--source browser). Watching its stream instead.", true, ["Retry capturing", () => startCapture()]);
+    clearDialogue();
+    reconnect();
+  }
+
+  function serverBusy(message) {
+    if (state.mode !== "capture") return;
+    stopCapture(false);
+    banner("error", "busy", "server busy: too many capturing sessions" + (message ? " (" + message + ")" : "") +
+      ". Watching the server instead; try again later.", true, ["Retry capturing", () => startCapture()]);
+    clearDialogue();
+    reconnect(); // as a watcher, with no capture loop
+  }
+
   // ---------------------------------------------------------------------------------------
   // controls
 
   $("reset-btn").addEventListener("click", () => {
     if (send({ type: "reset" })) {
-      for (const u of state.utterances.values()) { if (u.node) u.node.remove(); if (u.seg) u.seg.remove(); }
-      state.utterances.clear();
-      state.order = [];
-      $("transcript-empty").hidden = false;
+      clearDialogue();
       banner("info", "reset", "dialogue reset", false);
     }
   });
@@ -591,7 +770,12 @@
     send({ type: "config", interim: state.interim });
   });
 
+  $("capture-btn").addEventListener("click", () => { startCapture(); });
+  $("capture-stop").addEventListener("click", () => stopCapture(true));
+
   renderLabels();
+  showMode();
   setInterval(() => { renderTimeline(); checkFaceStale(); }, 250);
-  connect();
+  if (new URLSearchParams(location.search).get("source") === "browser") startCapture(); // kiosks, tests
+  else connect();
 })();

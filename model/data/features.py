@@ -164,3 +164,35 @@ def load_split(cfg: Any, which: str, labels: Sequence[str] | None = None, split:
         explicit = labels or ([s.strip() for s in cfg.labels.split(",") if s.strip()] if cfg.labels else None)
         return load_dataset("csv", path, labels=explicit, columns=cfg.columns or None, split=split or which)
     raise ValueError(f"unknown dataset kind {cfg.dataset!r}: meld, iemocap or csv")
+
+
+# --- the extractors of a trained checkpoint (training, evaluation and serving share them) ---------
+
+
+def text_encoder_of(ckpt: Any) -> str:
+    """The text encoder reference a checkpoint was trained with: a bundled name when its weights id
+    matches one, else the reference recorded at training time."""
+    from emostream.model.features.weights import ref_for_weights_id
+
+    wid = (ckpt.feature_spec.get("text") or {}).get("weights_id")
+    bundled = ref_for_weights_id(wid) if wid else None
+    if bundled:
+        return bundled
+    ref = ckpt.meta.get("train_config", {}).get("text_encoder")
+    return str(ref or wid or "all-MiniLM-L6-v2")
+
+
+def visual_backbone_of(ckpt: Any) -> str:
+    """The frame backbone a checkpoint was trained with (its visual spec's weights id)."""
+    return str((ckpt.feature_spec.get("visual") or {}).get("weights_id") or "mobilenet_v2-imagenet")
+
+
+def checkpoint_featurizers(ckpt: Any) -> dict[str, Any]:
+    """Extractors for the checkpoint's modalities, checked against its feature spec."""
+    from emostream.model.features.spec import FeatureSpec, check_compatible
+
+    featurizers = build_featurizers(ckpt.modalities, text_encoder=text_encoder_of(ckpt),
+                                    visual_backbone=visual_backbone_of(ckpt))
+    if ckpt.feature_spec:
+        check_compatible(FeatureSpec.from_dict(ckpt.feature_spec), spec_for(featurizers), ckpt.modalities)
+    return featurizers

@@ -1,0 +1,284 @@
+"""The I/O-free core of one live dialogue: audio chunks in, protocol events out.
+
+`Worker` owns one dialogue's segmenter, early ASR, speaker tracker, face state and
+`DialogueSession`; the heavy models it calls (ASR, text encoder, step engine, face expert) are
+shared and stateless across dialogues. It runs in whichever thread drives it: the pipeline's
+inference thread for a source the server reads, the scheduler for browser sessions. Audio
+reaches it through a bounded drop-oldest queue; video frames go into a time-indexed ring from
+which it takes each utterance's span. Every event is a protocol v1 message (a dict) handed to
+`on_event`, the same messages the websocket sends.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from emostream.realtime import protocol
+from emostream.realtime.config import PipelineConfig
+from emostream.realtime.faces import FaceTracker
+from emostream.realtime.segmenter import (
+    EndpointPending,
+    Segmenter,
+    SpeechEnd,
+    SpeechResumed,
+    SpeechStart,
+)
+from emostream.realtime.session import DialogueSession
+from emostream.realtime.speakers import SpeakerTracker
+from emostream.realtime.types import AudioChunk, Prediction, Utterance, VideoFrame, samples_to_ns
+
+logger = logging.getLogger(__name__)
+
+EventCallback = Callable[[dict[str, Any]], None]
+PEEK_SAMPLES = 4 * 16_000  # an interim's speaker guess looks at the last 4 s (bounded cost)
+
+
+class DropOldestQueue:
+    """A bounded queue that drops its oldest item when full, counting the drops."""
+
+    def __init__(self, maxsize: int) -> None:
+        self._q: queue.Queue[Any] = queue.Queue(maxsize)
+        self.dropped = 0
+        self._lock = threading.Lock()
+
+    def put(self, item: Any) -> None:
+        with self._lock:
+            while True:
+                try:
+                    self._q.put_nowait(item)
+                    return
+                except queue.Full:
+                    try:
+                        self._q.get_nowait()
+                        self.dropped += 1
+                    except queue.Empty:
+                        pass
+
+    def put_wait(self, item: Any) -> None:
+        """Block until there is room (back-pressure for files played as fast as possible)."""
+        self._q.put(item)
+
+    def get(self, timeout: float) -> Any:
+        return self._q.get(timeout=timeout)
+
+    def get_nowait(self) -> Any:
+        """The oldest item; raises queue.Empty when there is none."""
+        return self._q.get_nowait()
+
+    def qsize(self) -> int:
+        return self._q.qsize()
+
+
+class FrameRing:
+    """The last K video frames; the worker takes the frames within an utterance's time span."""
+
+    def __init__(self, maxlen: int) -> None:
+        self._frames: collections.deque[VideoFrame] = collections.deque(maxlen=maxlen)
+        self._lock = threading.Lock()
+
+    def add(self, frame: VideoFrame) -> None:
+        with self._lock:
+            self._frames.append(frame)
+
+    def between(self, t0_ns: int, t1_ns: int) -> tuple[VideoFrame, ...]:
+        with self._lock:
+            return tuple(f for f in self._frames if t0_ns <= f.t_ns < t1_ns)
+
+    def until(self, t1_ns: int) -> tuple[VideoFrame, ...]:
+        """The frames kept that are older than t1_ns."""
+        with self._lock:
+            return tuple(f for f in self._frames if f.t_ns < t1_ns)
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+
+class Worker:
+    """The inference loop's logic: audio chunks in, protocol events out. Runs in one thread."""
+
+    def __init__(self, session: DialogueSession, segmenter: Segmenter, transcriber: Any, frames: FrameRing,
+                 on_event: EventCallback, config: PipelineConfig, t0_ns: int,
+                 faces: FaceTracker | None = None, speakers: SpeakerTracker | None = None) -> None:
+        from emostream.realtime.asr import EarlyTranscriber
+
+        self.session = session
+        self.segmenter = segmenter
+        self.early = EarlyTranscriber.for_segmenter(transcriber, config.segmenter)
+        self.transcriber = transcriber
+        self.frames = frames
+        self.on_event = on_event
+        self.config = config
+        self.t0_ns = t0_ns
+        self.speakers = speakers or SpeakerTracker(session.model.n_parties, config.speaker_mode)
+        self.faces = faces
+        self._face_sent_t: int | None = None  # the last `face` event's frame time...
+        self._face_sent_at = 0  # ...and when it went out (monotonic ns)
+        # the speaker embedding of a probable utterance end, computed beside the early ASR
+        self._voice_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="speaker-embedding")
+        self._early_voice: concurrent.futures.Future[Any] | None = None
+        self.interim = config.interim
+        self.next_id = 0
+        self.current_id: int | None = None
+        self.current_start_ns = 0
+        self.last_interim_ns = 0
+        self.audio_ns = 0  # audio consumed (for the real-time factor)
+        self.busy_ns = 0
+        self.timings: dict[str, float] = {}
+        self.finals: list[Prediction] = []
+
+    def ms(self, t_ns: int) -> float:
+        return max(0.0, (t_ns - self.t0_ns) / 1e6)
+
+    def emit(self, msg: dict[str, Any]) -> None:
+        try:
+            self.on_event(msg)
+        except Exception:  # noqa: BLE001 - a broken consumer must not stop the worker
+            logger.exception("event consumer failed")
+
+    def close(self) -> None:
+        self._voice_pool.shutdown(wait=True, cancel_futures=True)
+
+    def reset(self) -> None:
+        self._early_voice = None
+        self.session.reset()
+        self.speakers.reset()
+        self.early.reset()
+        self.segmenter.reset()
+        if self.faces is not None:
+            self.faces.reset()
+        self.current_id = None
+        self.emit(protocol.status(code="reset", message="dialogue state reset"))
+
+    def process(self, chunk: AudioChunk) -> None:
+        t_start = time.perf_counter_ns()
+        samples = chunk.as_float32()
+        self.audio_ns += samples_to_ns(samples.size, chunk.sample_rate)
+        for event in self.segmenter.push(samples, chunk.t0_ns):
+            self.handle(event)
+        self.maybe_interim(chunk.t0_ns + samples_to_ns(samples.size, chunk.sample_rate))
+        self.busy_ns += time.perf_counter_ns() - t_start
+
+    def flush(self) -> None:
+        for event in self.segmenter.flush():
+            self.handle(event)
+
+    def handle(self, event: Any) -> None:
+        if isinstance(event, SpeechStart):
+            self.current_id = self.next_id
+            self.next_id += 1
+            self.current_start_ns = event.t_ns
+            self.last_interim_ns = event.t_ns
+            audio = self.segmenter.active_audio()
+            speaker = self.speakers.peek(audio[-PEEK_SAMPLES:]) if audio is not None and audio.size else "?"  # a guess
+            self.emit(protocol.utterance(event="start", utterance_id=self.current_id, speaker=speaker,
+                                         t_ms=self.ms(event.t_ns)))
+            return
+        job = self.early.on_event(event)
+        if job is not None and isinstance(event, EndpointPending):
+            t = time.perf_counter()
+            self._early_voice = self._voice_pool.submit(self.speakers.early, event)  # beside the early ASR
+            job.run()  # early ASR: overlaps the endpoint wait (the audio keeps queueing meanwhile)
+            self.timings["early_asr_ms"] = round((time.perf_counter() - t) * 1000, 2)
+        if isinstance(event, SpeechResumed):
+            self._early_voice = None
+        if isinstance(event, SpeechEnd):
+            self.finish(event)
+
+    def finish(self, end: SpeechEnd) -> None:
+        t_detect = time.monotonic_ns()
+        uid = self.current_id if self.current_id is not None else self.next_id
+        if self.current_id is None:
+            self.next_id += 1
+        self.current_id = None
+        t = time.perf_counter()
+        transcript, reused = self.early.finish(end, uid)
+        asr_ms = 0.0 if reused else round((time.perf_counter() - t) * 1000, 2)
+        t = time.perf_counter()
+        early_voice, self._early_voice = self._early_voice, None
+        speaker = self.speakers.assign_final(end, early_voice.result() if early_voice is not None else None)
+        speaker_ms = round((time.perf_counter() - t) * 1000, 2)
+        utt = Utterance(id=uid, audio=end.audio, t_start_ns=end.t_start_ns, t_end_ns=end.t_end_ns,
+                        frames=self.frames.between(end.t_start_ns, end.t_end_ns), speaker=speaker)
+        flags = ["forced_split"] if end.forced else []
+        timings = {"asr_ms": asr_ms, "asr_reused": float(reused), "speaker_ms": speaker_ms,
+                   "endpoint_wait_ms": round((t_detect - end.speech_end_ns) / 1e6, 2)}
+        pred = self.session.predict(utt, transcript.text, final=True, extra_flags=flags, timings_ms=timings,
+                                    face=self.face_of(end.t_start_ns, end.t_end_ns, timings))
+        now = time.monotonic_ns()
+        pred.timings_ms["compute_ms"] = round((now - t_detect) / 1e6, 2)
+        pred.timings_ms["total_ms"] = round((now - end.speech_end_ns) / 1e6, 2)
+        self.timings.update({k: v for k, v in pred.timings_ms.items() if k.endswith("_ms")})
+        self.finals.append(pred)
+        self.emit(protocol.transcript(utterance_id=uid, speaker=speaker, text=transcript.text,
+                                      language=transcript.language))
+        msg = protocol.prediction_from(pred, t0_ns=self.t0_ns)
+        msg["latency_ms"] = pred.timings_ms["total_ms"]  # end of speech -> final prediction
+        self.emit(msg)
+        self.emit(protocol.utterance(event="end", utterance_id=uid, speaker=speaker, t_ms=self.ms(end.t_end_ns)))
+
+    def maybe_interim(self, now_stream_ns: int) -> None:
+        if not self.interim or self.current_id is None or not self.segmenter.in_speech:
+            return
+        if now_stream_ns - self.last_interim_ns < self.config.interim_interval_s * 1e9:
+            return
+        self.last_interim_ns = now_stream_ns
+        audio = self.segmenter.active_audio()
+        if audio is None or audio.size == 0:
+            return
+        t = time.perf_counter()
+        text = self.transcriber.transcribe(audio, self.current_id).text
+        asr_ms = round((time.perf_counter() - t) * 1000, 2)
+        speaker = self.speakers.peek(audio[-PEEK_SAMPLES:])  # partial audio: the tracker learns only from finals
+        start = now_stream_ns - samples_to_ns(audio.size)
+        utt = Utterance(id=self.current_id, audio=audio, t_start_ns=start, t_end_ns=now_stream_ns,
+                        frames=self.frames.between(start, now_stream_ns), speaker=speaker)
+        timings = {"asr_ms": asr_ms}
+        pred = self.session.predict(utt, text, final=False, timings_ms=timings,
+                                    face=self.face_of(start, now_stream_ns, timings))
+        self.emit(protocol.prediction_from(pred, t0_ns=self.t0_ns, now_ns=time.monotonic_ns()))
+
+    def face_of(self, t0_ns: int, t1_ns: int, timings: dict[str, float]) -> Any:
+        """The face expert's expression over [t0, t1): (E,) or None (no face, or no face expert)."""
+        if self.faces is None:
+            return None
+        t = time.perf_counter()
+        self.faces.catch_up(self.frames.until(t1_ns))  # frames the face thread has not reached yet
+        span = self.faces.expression(t0_ns, t1_ns)
+        timings["face_ms"] = round((time.perf_counter() - t) * 1000, 3)
+        timings["face_frames"] = float(span.n_with_face)
+        return span.probs
+
+    def live_face(self) -> None:
+        """Analyse the frames that came in (at the face tracker's rate) and publish the newest
+        expression as a `face` event, at most `face_event_hz` a second. Never raises."""
+        faces, fusion = self.faces, self.session.face_fusion
+        if faces is None or fusion is None:
+            return
+        try:
+            faces.catch_up(self.frames.until(time.monotonic_ns() + 1))
+        except Exception:  # noqa: BLE001 - the face path must not take the dialogue down
+            logger.exception("face analysis failed")
+            return
+        obs = faces.latest()
+        now = time.monotonic_ns()
+        if obs is None or obs.t_ns == self._face_sent_t or now - self._face_sent_at < 1e9 / self.config.face_event_hz:
+            return
+        self._face_sent_t, self._face_sent_at = obs.t_ns, now
+        probs = fusion.label_map.distribution(obs.probs[0]) if obs.n_faces else None
+        self.emit(protocol.face(
+            t_ms=self.ms(obs.t_ns), probs=None if probs is None else dict(zip(self.session.labels, probs)),
+            box=obs.boxes[0] if obs.n_faces else None, frame_size=obs.frame_size, n_faces=obs.n_faces))
+
+    def metrics(self, queues: dict[str, int], drops: dict[str, int]) -> dict[str, Any]:
+        rtf = self.busy_ns / self.audio_ns if self.audio_ns else None
+        return protocol.metrics(queues=queues, drops=drops, timings_ms=self.timings, rtf=rtf,
+                                t_ms=self.ms(time.monotonic_ns()))
+
+

@@ -54,16 +54,7 @@ class Pipeline:
 
     def hello(self) -> dict[str, Any]:
         assert self.worker is not None
-        session = self.worker.session
-        model = session.model
-        fusion = session.face_fusion
-        return protocol.hello(
-            labels=model.labels, model=getattr(model, "name", "mcncl"), modalities=self.modalities,
-            interim=self.config.interim, live_modalities=("text", "face") if fusion is not None else ("text",),
-            experts={"face": self.config.face_expert if fusion is not None else None,
-                     "speaker": self.worker.speakers.mode},
-            fusion=fusion.describe() if fusion is not None else None,
-        )
+        return self.worker.hello(interim=self.config.interim)
 
     def start(self) -> Pipeline:
         parts = self._build()

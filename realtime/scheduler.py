@@ -5,10 +5,13 @@ always first) and lets each process at most `slice_s` of its queued audio; then 
 `face` events), per-session metrics and the idle check. Policy, in order:
 
 1. Finals first: a final comes out of the audio that ends an utterance, so audio is never
-   skipped; what is skipped is the optional work. A final is never dropped.
-2. When any session is behind (more than `behind_s` of audio waiting), interims are off for every
-   session until all have caught up: they re-transcribe the growing utterance, the most
-   expensive optional work there is.
+   skipped; what is skipped is the optional work. A final is never dropped. Sessions whose final
+   is near (the segmenter saw the ending silence) go first in the round, and while any is,
+   nobody's interims run.
+2. Interims re-transcribe the growing utterance, the most expensive optional work there is. When
+   any session is behind (more than `behind_s` of audio waiting) they are off for every session
+   until all have caught up, and with more than two sessions they come at most every
+   interval x sessions / 2 (coarser).
 3. Queues are bounded (the session's drop-oldest audio queue, its frame ring); what is dropped
    is counted and reported in that session's `metrics.drops`.
 
@@ -80,13 +83,16 @@ class Scheduler:
         self.rounds += 1
         start = self.rounds % len(sessions)
         order = sessions[start:] + sessions[:start]
-        behind = any(s.backlog_s() > self.behind_s for s in order)
-        self.interims_held += behind
+        order.sort(key=lambda s: not s.worker.final_pending)  # finals first (stable: round robin otherwise)
+        hold = any(s.backlog_s() > self.behind_s for s in order) or order[0].worker.final_pending
+        self.interims_held += hold
+        stretch = max(1.0, len(order) / 2)
         did = False
         for s in order:
             if s.closed:
                 continue
-            s.worker.interim = s.wants_interim and not behind
+            s.worker.interim = s.wants_interim and not hold
+            s.worker.interim_stretch = stretch
             did |= self._run_session(s)
         return did
 

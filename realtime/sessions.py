@@ -93,16 +93,7 @@ class BrowserSession:
             self._send(msg)
 
     def hello(self) -> dict[str, Any]:
-        session = self.worker.session
-        fusion = session.face_fusion
-        return protocol.hello(
-            labels=session.labels, model=getattr(session.model, "name", "mcncl"), modalities=session.model.modalities,
-            session=self.id, interim=self.wants_interim, capture=CAPTURE_LIMITS,
-            live_modalities=("text", "face") if fusion is not None else ("text",),
-            experts={"face": self.config.face_expert if fusion is not None else None,
-                     "speaker": self.worker.speakers.mode},
-            fusion=fusion.describe() if fusion is not None else None,
-        )
+        return self.worker.hello(interim=self.wants_interim, session=self.id, capture=CAPTURE_LIMITS)
 
     def on_frame(self, data: bytes) -> None:
         """One binary frame from the client. Raises `media_frames.FrameError` (code bad_frame or

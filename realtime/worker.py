@@ -118,6 +118,7 @@ class Worker:
         self.t0_ns = t0_ns
         self.speakers = speakers or SpeakerTracker(session.model.n_parties, config.speaker_mode)
         self.faces = faces
+        self.interim_stretch = 1.0  # the scheduler makes interims coarser (x this interval) under load
         self._face_sent_t: int | None = None  # the last `face` event's frame time...
         self._face_sent_at = 0  # ...and when it went out (monotonic ns)
         # the speaker embedding of a probable utterance end, computed beside the early ASR
@@ -226,7 +227,7 @@ class Worker:
     def maybe_interim(self, now_stream_ns: int) -> None:
         if not self.interim or self.current_id is None or not self.segmenter.in_speech:
             return
-        if now_stream_ns - self.last_interim_ns < self.config.interim_interval_s * 1e9:
+        if now_stream_ns - self.last_interim_ns < self.config.interim_interval_s * self.interim_stretch * 1e9:
             return
         self.last_interim_ns = now_stream_ns
         audio = self.segmenter.active_audio()
@@ -254,6 +255,22 @@ class Worker:
         timings["face_ms"] = round((time.perf_counter() - t) * 1000, 3)
         timings["face_frames"] = float(span.n_with_face)
         return span.probs
+
+    def hello(self, **extra: Any) -> dict[str, Any]:
+        """The `hello` of this dialogue: labels, model, the live modalities, experts and fusion rule."""
+        session = self.session
+        fusion = session.face_fusion
+        return protocol.hello(
+            labels=session.labels, model=getattr(session.model, "name", "mcncl"), modalities=session.model.modalities,
+            live_modalities=("text", "face") if fusion is not None else ("text",),
+            experts={"face": self.config.face_expert if fusion is not None else None, "speaker": self.speakers.mode},
+            fusion=fusion.describe() if fusion is not None else None, **extra,
+        )
+
+    @property
+    def final_pending(self) -> bool:
+        """The segmenter saw the silence that probably ends an utterance: its final is near."""
+        return self.early.pending is not None
 
     def live_face(self) -> None:
         """Analyse the frames that came in (at the face tracker's rate) and publish the newest

@@ -438,12 +438,6 @@ def test_page_explains_a_getusermedia_failure(browser: Any) -> None:
 # against the real server (`emostream serve --source browser`)
 
 
-def _server_has_browser_source() -> bool:
-    out = subprocess.run([sys.executable, "-m", "emostream.realtime.cli", "serve", "--help"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=60).stdout
-    return "--source" in out and "--max-sessions" in out
-
-
 def start_browser_server(cache: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
     env = dict(os.environ, EMOSTREAM_CACHE=str(cache), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
@@ -467,8 +461,6 @@ def start_browser_server(cache: Path, *extra: str) -> tuple[subprocess.Popen[str
 
 @pytest.fixture(scope="module")
 def real_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    if not _server_has_browser_source():
-        pytest.skip("`emostream serve` has no --source browser / --max-sessions yet")
     proc, url = start_browser_server(tmp_path_factory.mktemp("cache"), "--max-sessions", "2")
     try:
         yield url
@@ -556,8 +548,6 @@ def test_a_capturing_page_past_max_sessions_gets_busy_from_the_real_server(brows
     """(d) `--max-sessions 1`: the second capturing page is told `busy` and says so."""
     from playwright.sync_api import expect
 
-    if not _server_has_browser_source():
-        pytest.skip("`emostream serve` has no --source browser / --max-sessions yet")
     proc, url = start_browser_server(tmp_path / "cache", "--max-sessions", "1")
     try:
         first, _ = open_page(browser, url + "?source=browser")

@@ -99,6 +99,7 @@
       this.videoTimer = null;
       this.encoding = false;
       this.audioAnchor = null; // [performance.now() ms, context frame]: the audio clock on the wall clock
+      this.lastAudioT = null; // t_ms of the last chunk: the stamps only go forward
       this.preroll = []; // [t_ms, Int16Array] captured while not attached
       this.resetSeq();
     }
@@ -170,10 +171,18 @@
       // if it drifts from the wall clock by over half a second (after a suspension, say)
       let t = null;
       if (this.audioAnchor) t = this.audioAnchor[0] + (data.frame - this.audioAnchor[1]) / data.rate * 1000;
-      if (t === null || Math.abs(t + samples.length / this.params.audio_hz * 1000 - now) > 500) {
-        t = now - samples.length / this.params.audio_hz * 1000;
+      const dur = samples.length / this.params.audio_hz * 1000;
+      if (t === null || Math.abs(t + dur - now) > 500) {
+        t = now - dur;
         this.audioAnchor = [t, data.frame];
       }
+      // never backwards: after a stall the worklet delivers a burst, and a re-anchor on the wall
+      // clock would put these chunks before ones already stamped
+      if (this.lastAudioT !== null && t < this.lastAudioT + dur) {
+        t = this.lastAudioT + dur;
+        this.audioAnchor = [t, data.frame];
+      }
+      this.lastAudioT = t;
       if (!this.open()) { // not attached yet (connecting): keep a short pre-roll, sent on attach
         this.preroll.push([t, samples]);
         while (this.preroll.length > PREROLL_CHUNKS) this.preroll.shift();

@@ -278,6 +278,8 @@ async def _run(server: Server, args: argparse.Namespace, factory: Callable[[argp
                 print(f"{args.prog}: error: could not start the pipeline: {exc}", file=sys.stderr)
                 return 1
             server.on_client_message = source.on_client_message
+            if hasattr(source, "health"):
+                server.health_checks["pipeline"] = source.health
             if getattr(args, "shared", None) is not None:  # browsers can capture beside the shared source
                 scheduler = await asyncio.to_thread(_enable_capture, server, args, args.shared)
             try:
@@ -316,6 +318,7 @@ def _enable_capture(server: Server, args: argparse.Namespace, shared: Any) -> An
                                         modalities=model.modalities))
     manager = SessionManager(shared, config, max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout)
     scheduler = Scheduler(manager).start()
+    server.health_checks["sessions"] = scheduler.health
     server.capture = manager
     logger.info("browser capture on: %d session(s) at most", args.max_sessions)
     return scheduler

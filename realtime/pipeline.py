@@ -39,6 +39,7 @@ class Pipeline:
         self.done = threading.Event()  # the worker has processed everything and stopped
         self._thread: threading.Thread | None = None
         self._face_thread: threading.Thread | None = None
+        self.failure: str | None = None  # why the inference thread died, if it did
         self._sources: list[Any] = []
         self.worker: Worker | None = None
         self.modalities: tuple[str, ...] = ()
@@ -75,7 +76,7 @@ class Pipeline:
                 self._status("camera_missing", "the media file has no video: running without faces", "warning")
             video_on = wants_video and src.has_video
             put = self.audio_q.put if self.config.realtime else self.audio_q.put_wait
-            self.worker.t0_ns = time.monotonic_ns()  # stream time 0 = the file's start (decoding took a while)
+            self.worker.t0_ns = time.monotonic_ns()  # stream time 0 = the file's start (opening it took a while)
             src.start(put, self.frames.add if wants_video else None, on_end=self._ended.set)
             self._sources.append(src)
         else:
@@ -122,38 +123,61 @@ class Pipeline:
     def _run(self) -> None:
         worker = self.worker
         assert worker is not None
-        last_metrics = time.monotonic()
         try:
-            while not self._stop.is_set():
-                while not self._control.empty():
-                    cmd = self._control.get_nowait()
-                    if cmd["type"] == "reset":
-                        worker.reset()
-                    elif cmd["type"] == "config":
-                        worker.interim = bool(cmd["interim"])
-                try:
-                    item = self.audio_q.get(timeout=0.05)
-                except queue.Empty:
-                    if self._ended.is_set():
-                        worker.flush()
-                        break
-                    continue
-                if item is _SENTINEL:
-                    break
-                try:
-                    worker.process(item)
-                except Exception:  # noqa: BLE001 - one bad chunk must not end the session
-                    logger.exception("worker failed on a chunk; continuing")
-                    worker.emit(protocol.error("internal", "the pipeline failed on one audio chunk"))
-                if time.monotonic() - last_metrics >= self.config.metrics_interval_s:
-                    last_metrics = time.monotonic()
-                    worker.emit(worker.metrics({"audio": self.audio_q.qsize(), "video": len(self.frames)},
-                                               {"audio": self.audio_q.dropped}))
+            self._loop(worker)
+        except BaseException as e:  # the worker thread dies: say so in /healthz
+            self.failure = f"the inference worker died: {type(e).__name__}: {e}"
+            logger.exception("inference worker died")
+            raise
         finally:
             worker.emit(worker.metrics({"audio": self.audio_q.qsize(), "video": len(self.frames)},
                                        {"audio": self.audio_q.dropped}))
             worker.close()
             self.done.set()
+
+    def _loop(self, worker: Worker) -> None:
+        last_metrics = time.monotonic()
+        while not self._stop.is_set():
+            while not self._control.empty():
+                cmd = self._control.get_nowait()
+                try:
+                    if cmd["type"] == "reset":
+                        worker.reset()
+                    elif cmd["type"] == "config":
+                        worker.interim = bool(cmd["interim"])
+                except Exception:  # noqa: BLE001 - a failed reset must not end the dialogue
+                    logger.exception("control %s failed", cmd["type"])
+                    worker.emit(protocol.error("internal", f"the pipeline failed to {cmd['type']}"))
+            try:
+                item = self.audio_q.get(timeout=0.05)
+            except queue.Empty:
+                if self._ended.is_set():
+                    try:
+                        worker.flush()
+                    except Exception:  # noqa: BLE001 - report it; the source has ended anyway
+                        logger.exception("worker failed flushing the last utterance")
+                        worker.emit(protocol.error("internal", "the pipeline failed on the last utterance"))
+                    break
+                continue
+            if item is _SENTINEL:
+                break
+            try:
+                worker.process(item)
+            except Exception:  # noqa: BLE001 - one bad chunk must not end the session
+                logger.exception("worker failed on a chunk; continuing")
+                worker.emit(protocol.error("internal", "the pipeline failed on one audio chunk"))
+            if time.monotonic() - last_metrics >= self.config.metrics_interval_s:
+                last_metrics = time.monotonic()
+                worker.emit(worker.metrics({"audio": self.audio_q.qsize(), "video": len(self.frames)},
+                                           {"audio": self.audio_q.dropped}))
+
+    def health(self) -> tuple[bool, str]:
+        """(alive, reason): the inference thread runs, or ended because its source did."""
+        if self.failure is not None:
+            return False, self.failure
+        if self._thread is not None and not self._thread.is_alive() and not self.done.is_set():
+            return False, "the inference worker is not running"
+        return True, "running" if not self.done.is_set() else "the source has ended"
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until a non-looping media file is fully processed."""
@@ -203,6 +227,9 @@ class PipelineEventSource:
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.pipeline.wait(timeout) if self.pipeline is not None else False
+
+    def health(self) -> tuple[bool, str]:
+        return self.pipeline.health() if self.pipeline is not None else (False, "the pipeline has not started")
 
     def close(self) -> None:
         if self.pipeline is not None:

@@ -62,6 +62,10 @@ class Scheduler:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def health(self) -> tuple[bool, str]:
+        """(alive, reason) for /healthz."""
+        return (True, "running") if self.alive else (False, "the session scheduler is not running")
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:

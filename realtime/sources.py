@@ -3,16 +3,19 @@
 Each source runs one thin, non-daemon thread: device -> callbacks. Audio goes to `on_audio`
 (an `AudioChunk`, 16 kHz mono float32), video to `on_frame` (a `VideoFrame`, BGR). A file
 played in real time stands in for a camera and a microphone; played as fast as possible it
-drives tests and benchmarks with the same code. Timestamps all come from `time.monotonic_ns()`:
+drives tests and benchmarks with the same code. Files are decoded incrementally as they play
+(never held whole: see `MediaFileSource`). Timestamps all come from `time.monotonic_ns()`:
 a file's sample k is stamped `t0 + k / rate`, with t0 taken when playback starts.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,12 +87,66 @@ def decode_file(path: str | Path) -> tuple[np.ndarray, list[tuple[float, np.ndar
     return audio, frames
 
 
+class _Chunker:
+    """Cuts a stream of sample blocks into fixed-size chunks, holding only what the next chunk needs."""
+
+    def __init__(self, blocks: Iterator[np.ndarray]) -> None:
+        self._blocks = blocks
+        self._pending: list[np.ndarray] = []
+        self.buffered = 0  # samples decoded and not yet handed out
+        self.peak = 0
+
+    def take(self, n: int) -> np.ndarray:
+        while self.buffered < n:
+            block = next(self._blocks, None)
+            if block is None:
+                break
+            if block.size:
+                self._pending.append(block)
+                self.buffered += block.size
+                self.peak = max(self.peak, self.buffered)
+        if not self._pending:
+            return np.zeros(0, np.float32)
+        data = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
+        chunk, rest = data[:n], data[n:]
+        self._pending = [rest] if rest.size else []
+        self.buffered = rest.size
+        return chunk
+
+
+def _audio_blocks(container: Any) -> Iterator[np.ndarray]:
+    """The first audio stream, decoded lazily and resampled to 16 kHz mono float32 (only it is decoded)."""
+    import av
+
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+    for frame in container.decode(container.streams.audio[0]):
+        for out in resampler.resample(frame):
+            yield out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+    for out in resampler.resample(None):
+        yield out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+
+
+def _video_frames(container: Any) -> Iterator[tuple[float, np.ndarray]]:
+    """(pts seconds, BGR image) of the first video stream, decoded lazily, one frame at a time."""
+    stream = container.streams.video[0]
+    for n, frame in enumerate(container.decode(stream)):
+        pts = float(frame.pts * frame.time_base) if frame.pts is not None else n / 25.0
+        yield pts, frame.to_ndarray(format="bgr24")
+
+
 class MediaFileSource:
     """Plays a media file (mp4 with audio, or a wav plus an optional video) as camera + microphone.
 
     realtime=True paces chunks by the wall clock; False delivers them as fast as the consumer
     takes them (the timestamps still follow the file's own timeline). loop=True starts over at
     the end (with a silence gap); `on_end` is called when a non-looping file is done.
+
+    The constructor only probes the file(s). Playback opens them in the source's thread and decodes
+    incrementally: audio one codec frame ahead of the 512-sample chunk being delivered, video one
+    frame ahead of the audio timeline (its own container, pulled in step with the audio, whether it
+    is the same file or `video_path`), so memory does not grow with the file's length. With no
+    `on_frame` the video is not decoded at all. `peak_buffered_samples` / `peak_buffered_frames`
+    say how much decoded media the source ever held; `frames_decoded` counts decoded video frames.
     """
 
     def __init__(self, path: str | Path, video_path: str | Path | None = None, realtime: bool = True,
@@ -103,23 +160,27 @@ class MediaFileSource:
         self.realtime = realtime
         self.loop = loop
         self.gap_s = gap_s
-        self.audio, frames = decode_file(self.path)
-        if self.video_path is not None:
-            _, frames = decode_file(self.video_path)
-        self.frames = frames
-        if self.audio.size == 0:
+        info = probe(self.path)  # SourceError("cannot open media file ...") for a file that is not media
+        if not info.has_audio:
             raise SourceError(f"media file {self.path} has no audio track")
+        self._duration_s = info.duration_s
+        self._has_video = probe(self.video_path).has_video if self.video_path is not None else info.has_video
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.finished = threading.Event()
+        self.error: Exception | None = None  # a decoding error that ended playback early
+        self.peak_buffered_samples = 0
+        self.peak_buffered_frames = 0
+        self.frames_decoded = 0
+        self._frame_index = 0
 
     @property
     def has_video(self) -> bool:
-        return bool(self.frames)
+        return self._has_video
 
     @property
     def duration_s(self) -> float:
-        return self.audio.size / SAMPLE_RATE
+        return self._duration_s
 
     def start(self, on_audio: AudioCallback, on_frame: FrameCallback | None = None,
               on_end: Callable[[], None] | None = None) -> None:
@@ -129,40 +190,81 @@ class MediaFileSource:
         self._thread.start()
 
     def _run(self, on_audio: AudioCallback, on_frame: FrameCallback | None, on_end: Callable[[], None] | None) -> None:
-        gap = np.zeros(int(self.gap_s * SAMPLE_RATE), np.float32)
+        import av
+
         t0 = time.monotonic_ns()
         offset = 0  # samples played so far over all loops
-        frame_index = 0
+        self._frame_index = 0
         try:
             while not self._stop.is_set():
-                audio = self.audio if offset == 0 else np.concatenate([gap, self.audio])
-                lead = 0 if offset == 0 else gap.size
-                frames = iter(self.frames)
-                next_frame = next(frames, None)
-                for start in range(0, audio.size, CHUNK_SAMPLES):
-                    if self._stop.is_set():
-                        return
-                    chunk = audio[start : start + CHUNK_SAMPLES]
-                    t_chunk = t0 + samples_to_ns(offset + start)
-                    if self.realtime:
-                        delay = (t_chunk + samples_to_ns(chunk.size) - time.monotonic_ns()) / 1e9
-                        if delay > 0:
-                            self._stop.wait(delay)
-                    # frames whose time falls before the end of this chunk
-                    t_chunk_end_s = (start + chunk.size - lead) / SAMPLE_RATE
-                    while on_frame is not None and next_frame is not None and next_frame[0] <= t_chunk_end_s:
-                        t_frame = t0 + samples_to_ns(offset + lead) + int(next_frame[0] * 1e9)
-                        on_frame(VideoFrame(image=next_frame[1], t_ns=t_frame, index=frame_index))
-                        frame_index += 1
-                        next_frame = next(frames, None)
-                    on_audio(AudioChunk(samples=chunk, sample_rate=SAMPLE_RATE, t0_ns=t_chunk))
-                offset += audio.size
+                lead = 0 if offset == 0 else int(self.gap_s * SAMPLE_RATE)
+                with contextlib.ExitStack() as stack:
+                    audio_c = stack.enter_context(av.open(str(self.path)))
+                    frames: Iterator[tuple[float, np.ndarray]] = iter(())
+                    if on_frame is not None and self._has_video:
+                        video_c = stack.enter_context(av.open(str(self.video_path or self.path)))
+                        frames = _video_frames(video_c)
+                    played = self._play_pass(audio_c, frames, lead, t0, offset, on_audio, on_frame)
+                if played is None:  # stopped
+                    return
+                if played == 0:  # an audio track that decodes to nothing: do not spin on it
+                    logger.warning("media file %s has no audio samples", self.path)
+                    break
+                offset += played
                 if not self.loop:
                     break
+        except (OSError, av.error.FFmpegError) as e:  # type: ignore[attr-defined]
+            files = str(self.path) + (f" (video {self.video_path})" if self.video_path else "")
+            self.error = SourceError(f"cannot decode media file {files}: {e}")
+            logger.error("%s", self.error)
         finally:
             self.finished.set()
             if on_end is not None and not self._stop.is_set():
                 on_end()
+
+    def _play_pass(self, audio_c: Any, frames: Iterator[tuple[float, np.ndarray]], lead: int, t0: int,
+                   offset: int, on_audio: AudioCallback, on_frame: FrameCallback | None) -> int | None:
+        """One pass over the file (after `lead` samples of silence); the samples played, None if stopped."""
+        blocks = _audio_blocks(audio_c)
+        if lead:
+            silence = (np.zeros(min(CHUNK_SAMPLES, lead - i), np.float32) for i in range(0, lead, CHUNK_SAMPLES))
+            blocks = itertools.chain(silence, blocks)
+        chunker = _Chunker(blocks)
+        next_frame = self._next_frame(frames)
+        start = 0
+        while True:
+            if self._stop.is_set():
+                return None
+            chunk = chunker.take(CHUNK_SAMPLES)
+            self.peak_buffered_samples = max(self.peak_buffered_samples, chunker.peak)
+            if chunk.size == 0:
+                return start
+            t_chunk = t0 + samples_to_ns(offset + start)
+            # frames whose time falls before the end of this chunk (decoded now, delivered after the wait)
+            t_chunk_end_s = (start + chunk.size - lead) / SAMPLE_RATE
+            due: list[tuple[float, np.ndarray]] = []
+            while next_frame is not None and next_frame[0] <= t_chunk_end_s:
+                due.append(next_frame)
+                next_frame = self._next_frame(frames)
+                self.peak_buffered_frames = max(self.peak_buffered_frames, len(due) + (next_frame is not None))
+            if self.realtime:
+                delay = (t_chunk + samples_to_ns(chunk.size) - time.monotonic_ns()) / 1e9
+                if delay > 0:
+                    self._stop.wait(delay)
+            if on_frame is not None:
+                for pts, image in due:
+                    t_frame = t0 + samples_to_ns(offset + lead) + int(pts * 1e9)
+                    on_frame(VideoFrame(image=image, t_ns=t_frame, index=self._frame_index))
+                    self._frame_index += 1
+            del due
+            on_audio(AudioChunk(samples=chunk, sample_rate=SAMPLE_RATE, t0_ns=t_chunk))
+            start += chunk.size
+
+    def _next_frame(self, frames: Iterator[tuple[float, np.ndarray]]) -> tuple[float, np.ndarray] | None:
+        frame = next(frames, None)
+        if frame is not None:
+            self.frames_decoded += 1
+        return frame
 
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()

@@ -10,6 +10,7 @@ import shutil
 import ssl
 import subprocess
 import time
+import urllib.error
 import urllib.request
 import wave
 from pathlib import Path
@@ -187,5 +188,39 @@ def test_https_and_wss_with_a_self_signed_certificate(tmp_path: Path) -> None:
             assert json.loads(body)["ok"] is True
             async with connect(server.ws_url, ssl=client) as ws:
                 assert (await recv_until(ws, lambda m: m["type"] == "hello"))["type"] == "hello"
+
+    asyncio.run(asyncio.wait_for(main(), timeout=30))
+
+
+def test_healthz_is_503_with_the_reason_when_the_pipeline_dies(shared: Any) -> None:
+    from emostream.realtime.pipeline import Pipeline
+
+    events: list[dict] = []
+    pipeline = Pipeline(PipelineConfig(media=str(DATA / "dialogue.wav"), realtime=False), events.append,
+                        components=shared.dialogue_parts())
+    pipeline.start()
+    assert pipeline.health() == (True, "running")
+
+    def broken(timeout: float) -> None:
+        raise RuntimeError("queue exploded")
+
+    pipeline.audio_q.get = broken  # the worker's loop itself fails (not one chunk): the thread dies
+    assert pipeline.wait(30)
+    alive, reason = pipeline.health()
+    assert not alive and "queue exploded" in reason
+    pipeline.close()
+
+    async def main() -> None:
+        async with Server("127.0.0.1", 0) as server:
+            url = server.url + "healthz"
+            ok = json.loads(await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read()))
+            assert ok["ok"] is True
+            server.health_checks["pipeline"] = pipeline.health
+            with pytest.raises(urllib.error.HTTPError) as err:
+                await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5))
+            assert err.value.code == 503
+            body = json.loads(err.value.read())
+            assert body["ok"] is False and "queue exploded" in body["reason"]
+            assert body["parts"]["pipeline"]["ok"] is False
 
     asyncio.run(asyncio.wait_for(main(), timeout=30))

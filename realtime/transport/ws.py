@@ -129,6 +129,7 @@ class Server:
         self._ping_timeout = ping_timeout
         self._close_timeout = close_timeout
         self.capture = capture  # a SessionManager: `/ws?source=browser` connections get a session each
+        self.health_checks: dict[str, Callable[[], tuple[bool, str]]] = {}
         self.capture_expected = False  # True: capture comes once the models are loaded (answer `busy` till then)
         self._operator = operator_token.encode() if operator_token else None
         self.tls = tls
@@ -265,8 +266,20 @@ class Server:
             logger.exception("invalid %s event not published", event.get("type"))
 
     def health(self) -> dict[str, Any]:
+        """`ok` is False (and /healthz answers 503 with the reasons) when the server or any
+        registered part (`health_checks`: name -> () -> (alive, reason)) is not alive."""
+        parts = {}
+        for name, check in list(self.health_checks.items()):
+            try:
+                alive, reason = check()
+            except Exception as exc:  # noqa: BLE001 - a failing check is a dead part
+                alive, reason = False, f"health check failed: {exc}"
+            parts[name] = {"ok": bool(alive), "reason": str(reason)}
+        dead = [f"{name}: {p['reason']}" for name, p in parts.items() if not p["ok"]]
         return {
-            "ok": self.running,
+            "ok": self.running and not dead,
+            **({"reason": "; ".join(dead)} if dead else {}),
+            "parts": parts,
             "clients": self.broadcaster.clients,
             "uptime_s": round(time.monotonic() - self._started_at, 3) if self._started_at else 0.0,
             "drops": self.broadcaster.dropped,
@@ -321,8 +334,8 @@ class Server:
                 return _text_response(401, "a valid token is required", [("WWW-Authenticate", "Bearer")])
             return None  # go on with the websocket handshake
         if parts.path == HEALTH_PATH:
-            body = json.dumps(self.health()).encode()
-            return _response(200, body, "application/json")
+            health = self.health()
+            return _response(200 if health["ok"] else 503, json.dumps(health).encode(), "application/json")
         try:
             path = resolve_static(self.web_root, parts.path)
         except UnicodeDecodeError:

@@ -125,10 +125,9 @@ class Pipeline:
         assert worker is not None
         try:
             self._loop(worker)
-        except BaseException as e:  # the worker thread dies: say so in /healthz
+        except Exception as e:  # noqa: BLE001 - the worker thread ends here: /healthz says why
             self.failure = f"the inference worker died: {type(e).__name__}: {e}"
             logger.exception("inference worker died")
-            raise
         finally:
             worker.emit(worker.metrics({"audio": self.audio_q.qsize(), "video": len(self.frames)},
                                        {"audio": self.audio_q.dropped}))

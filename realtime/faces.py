@@ -29,6 +29,7 @@ from typing import Protocol
 
 import numpy as np
 
+from emostream.realtime.fusion import mean_distribution
 from emostream.realtime.types import VideoFrame
 
 logger = logging.getLogger(__name__)
@@ -176,10 +177,6 @@ class FaceTracker:
         self.analyzed += done
         return done
 
-    @property
-    def last_t_ns(self) -> int | None:
-        return self._last_t_ns
-
     def latest(self) -> FaceObservation | None:
         with self._lock:
             return self._seen[-1] if self._seen else None
@@ -196,8 +193,7 @@ class FaceTracker:
             return FaceSpan(None, len(seen), 0, "largest")
         chosen, policy = self._speaking_face(with_face)
         rows = np.stack([o.probs[i] for o, i in zip(with_face, chosen)])  # (F, E)
-        mean = rows.astype(np.float64).mean(axis=0)
-        return FaceSpan(mean / mean.sum(), len(seen), len(with_face), policy)
+        return FaceSpan(mean_distribution(rows), len(seen), len(with_face), policy)
 
     def _speaking_face(self, seen: Sequence[FaceObservation]) -> tuple[list[int], str]:
         """Per observation, the index of the face to use, and the policy that chose it."""

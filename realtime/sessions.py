@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -54,7 +54,6 @@ class SessionCounters:
     bad_frames: int = 0
     audio_filled_ms: float = 0.0  # silence put in for lost audio frames
     video_undecodable: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 class BrowserSession:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from emostream.realtime.repetition import collapse_repeats, looping
 from emostream.realtime.segmenter import (
     EndpointPending,
     SegmenterConfig,
@@ -57,14 +58,28 @@ class AsrConfig:
     short_context: bool = True
     context_pad_s: float = 3.0
     min_window_s: float = 5.0
+    # A decoding loop ("I will miss you so much. I will miss you so much. I will") is decoded again
+    # from the same encoder output with this repetition penalty, and what still repeats is cut off,
+    # so that no loop reaches a final. False: the old rule (a phrase three times -> the 30 s path).
+    loop_recovery: bool = True
+    repetition_penalty: float = 1.5
 
 
-_REPEAT = re.compile(r"\b(\w.{2,40}?)\W+\1\W+\1\b")
+LOOP_FLAG = "asr_loop"
+"""Transcript flag: whisper looped; the transcript is the re-decoding or the loop cut off."""
+_THREE_TIMES = re.compile(r"\b(\w.{2,40}?)\W+\1\W+\1\b")
 
 
-def looping(text: str) -> bool:
-    """Whether a transcript repeats one phrase three times in a row (whisper's decoding loop)."""
-    return bool(_REPEAT.search(text.lower()))
+def _compressible(text: str) -> bool:
+    """whisper's own compression-ratio rule (2.4): a highly repetitive transcript."""
+    import zlib
+
+    data = text.encode()
+    return len(text) > 40 and len(data) / len(zlib.compress(data)) > 2.4
+
+
+def _too_repetitive(text: str) -> bool:
+    return bool(text) and (looping(text) or _compressible(text))
 
 
 class Transcriber:
@@ -103,6 +118,17 @@ class Transcriber:
                 logger.debug("ASR utterance %d (short context): %.2f s audio in %.0f ms: %r",
                              utterance_id, x.size / SAMPLE_RATE, (time.perf_counter() - t0) * 1e3, short.text)
                 return short
+        result = self._transcribe_standard(x, utterance_id)
+        if cfg.loop_recovery and looping(result.text):  # the last guard: no loop reaches a final
+            logger.info("ASR looped on utterance %d (%r); cut back", utterance_id, result.text)
+            result = dataclasses.replace(result, text=collapse_repeats(result.text), flags=(LOOP_FLAG,))
+        logger.debug("ASR utterance %d: %.2f s audio in %.0f ms: %r",
+                     utterance_id, x.size / SAMPLE_RATE, (time.perf_counter() - t0) * 1e3, result.text)
+        return result
+
+    def _transcribe_standard(self, x: np.ndarray, utterance_id: int) -> Transcript:
+        """faster-whisper's own path: the 30 s window, temperature fallback as configured."""
+        cfg = self.config
         segments, info = self._model.transcribe(
             x,
             language=cfg.language,
@@ -126,8 +152,6 @@ class Transcriber:
                 for s in segments
                 for w in (s.words or ())
             )
-        logger.debug("ASR utterance %d: %.2f s audio in %.0f ms: %r",
-                     utterance_id, x.size / SAMPLE_RATE, (time.perf_counter() - t0) * 1e3, text)
         return Transcript(
             utterance_id=utterance_id,
             text=text,
@@ -140,48 +164,62 @@ class Transcriber:
     def _transcribe_short(self, x: np.ndarray, utterance_id: int) -> Transcript | None:
         """Greedy decoding over an encoder window sized to the utterance; None to fall back.
 
-        Falls back (None) for audio longer than ~28 s, for multilingual models (language detection
-        needs the standard path) and for a looping, highly repetitive result.
+        Falls back (None) for audio longer than ~28 s and for multilingual models (language
+        detection needs the standard path). A loop is decoded again from the same encoder output
+        with a repetition penalty (~50 ms) and, if it still repeats, cut back to its first copy;
+        with `loop_recovery` off a repetitive result falls back instead.
         """
-        import zlib
-
         import ctranslate2
         from faster_whisper.tokenizer import Tokenizer
 
         model = self._model
+        cfg = self.config
         if not hasattr(model, "feature_extractor") or not hasattr(model, "model"):
             return None  # not a faster_whisper.WhisperModel (e.g. a test double): the standard path
-        if model.model.is_multilingual and self.config.language is None:
+        if model.model.is_multilingual and cfg.language is None:
             return None
         features = model.feature_extractor(x)  # (n_mels, T) at 100 frames/s
         n_frames = features.shape[-1]
-        window = int(np.ceil((n_frames + self.config.context_pad_s * 100) / 100.0)) * 100
-        window = max(window, int(self.config.min_window_s * 100))
+        window = int(np.ceil((n_frames + cfg.context_pad_s * 100) / 100.0)) * 100
+        window = max(window, int(cfg.min_window_s * 100))
         if window > 3000:
             return None
         padded = np.zeros((features.shape[0], window), dtype=np.float32)  # (n_mels, window)
         padded[:, :n_frames] = features
         encoded = model.model.encode(ctranslate2.StorageView.from_array(padded[None]), to_cpu=False)
-        language = self.config.language or "en"
+        language = cfg.language or "en"
         tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language)
         prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
         max_new = int(8 * x.size / SAMPLE_RATE) + 16  # speech is < 8 tokens/s: a loop cannot run away
-        result = model.model.generate(
-            encoded, [prompt], beam_size=self.config.beam_size, max_length=len(prompt) + max_new,
-            suppress_blank=True, suppress_tokens=[-1], return_scores=True, return_no_speech_prob=True,
-        )[0]
-        text = tokenizer.decode(result.sequences_ids[0]).strip()
-        avg_logprob = float(result.scores[0]) if result.scores else 0.0
-        no_speech = float(result.no_speech_prob)
+
+        def decode(**options: float) -> tuple[str, float, float]:
+            result = model.model.generate(
+                encoded, [prompt], beam_size=cfg.beam_size, max_length=len(prompt) + max_new,
+                suppress_blank=True, suppress_tokens=[-1], return_scores=True, return_no_speech_prob=True,
+                **options,
+            )[0]
+            text = tokenizer.decode(result.sequences_ids[0]).strip()
+            return text, float(result.scores[0]) if result.scores else 0.0, float(result.no_speech_prob)
+
+        text, avg_logprob, no_speech = decode()
+        flags: tuple[str, ...] = ()
+        if not cfg.loop_recovery:
+            if text and (_THREE_TIMES.search(text.lower()) or _compressible(text)):
+                logger.debug("short-context ASR looped on utterance %d (%r); falling back", utterance_id, text)
+                return None
+        elif _too_repetitive(text):
+            looped = text
+            text, avg_logprob, no_speech = decode(repetition_penalty=cfg.repetition_penalty)
+            if _too_repetitive(text):
+                text = collapse_repeats(text)
+            flags = (LOOP_FLAG,)
+            logger.info("ASR looped on utterance %d (%r); recovered %r", utterance_id, looped, text)
         # whisper's own silence rule (no_speech_threshold 0.6, log_prob_threshold -1), and no
         # transcript made of punctuation alone
         if (no_speech > 0.6 and avg_logprob < -1.0) or not any(ch.isalnum() for ch in text):
             text = ""
-        if text and (looping(text) or (len(text) > 40 and len(text.encode()) / len(zlib.compress(text.encode())) > 2.4)):
-            logger.debug("short-context ASR looped on utterance %d (%r); falling back", utterance_id, text)
-            return None
         return Transcript(utterance_id=utterance_id, text=text, language=language, avg_logprob=avg_logprob,
-                          no_speech_prob=no_speech)
+                          no_speech_prob=no_speech, flags=flags if text else ())
 
     def start(self, event: EndpointPending) -> PendingTranscript:
         """A not-yet-run early transcription of the audio of an EndpointPending."""

@@ -21,6 +21,8 @@ class PipelineConfig:
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     interim: bool = True
     interim_interval_s: float = 1.0
+    interim_window_s: float = 6.0  # an interim transcribes at most this much of the utterance's end
+    interim_max_backlog_s: float = 0.5  # more audio than this waiting: interims are skipped (and counted)
     speaker_mode: str = "voice"  # voice (embeddings + online clustering) | pitch | single
     face_expert: str | None = "fer-mini-xception"  # None: no face expert (faces only if the model uses them)
     face_weight: float = 0.5  # weight of the face expert in the fused distribution (see realtime/fusion.py)

@@ -23,6 +23,7 @@ from emostream.realtime.worker import DropOldestQueue, EventCallback, FrameRing,
 logger = logging.getLogger(__name__)
 
 _SENTINEL = object()
+CONTROL_QUEUE = 16  # pending reset/config commands; more are refused (a reset is idempotent anyway)
 
 
 class Pipeline:
@@ -43,7 +44,7 @@ class Pipeline:
         self._sources: list[Any] = []
         self.worker: Worker | None = None
         self.modalities: tuple[str, ...] = ()
-        self._control: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._control: queue.Queue[dict[str, Any]] = queue.Queue(CONTROL_QUEUE)
 
     # ------------------------------------------------------------------ set-up
     def _build(self) -> dict[str, Any]:
@@ -58,12 +59,23 @@ class Pipeline:
         return self.worker.hello(interim=self.config.interim)
 
     def start(self) -> Pipeline:
+        """Build the parts, start the sources and threads. A failure releases whatever was already
+        started (a camera thread keeps no process alive) and raises."""
+        try:
+            return self._start()
+        except BaseException:
+            logger.debug("pipeline start failed; releasing what was started", exc_info=True)
+            self.close(timeout=2.0)
+            raise
+
+    def _start(self) -> Pipeline:
         parts = self._build()
         session: DialogueSession = parts["session"]
         t0 = time.monotonic_ns()
         faces: FaceTracker | None = parts.get("faces")
         self.worker = Worker(session, Segmenter(self.config.segmenter), parts["transcriber"], self.frames,
                              self.on_event, self.config, t0, faces=faces, speakers=parts.get("speakers"))
+        self.audio_q.on_drop = self.worker.chunk_lost  # a dropped chunk flags its utterance audio_dropped
         self.modalities = tuple(session.model.modalities)
         wants_video = "visual" in self.modalities or faces is not None
         video_on = False  # a video source is running
@@ -113,11 +125,20 @@ class Pipeline:
         self.on_event(protocol.status(code=code, message=message, level=level))  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ control from clients
-    def reset(self) -> None:
-        self._control.put({"type": "reset"})
+    def reset(self) -> bool:
+        """Ask the worker to reset the dialogue before its next chunk. False: too many pending."""
+        return self._command({"type": "reset"})
 
-    def set_interim(self, enabled: bool) -> None:
-        self._control.put({"type": "config", "interim": enabled})
+    def set_interim(self, enabled: bool) -> bool:
+        return self._command({"type": "config", "interim": enabled})
+
+    def _command(self, cmd: dict[str, Any]) -> bool:
+        try:
+            self._control.put_nowait(cmd)
+            return True
+        except queue.Full:
+            logger.warning("control queue full: %s dropped", cmd["type"])
+            return False
 
     # ------------------------------------------------------------------ the worker thread
     def _run(self) -> None:
@@ -160,6 +181,7 @@ class Pipeline:
                 continue
             if item is _SENTINEL:
                 break
+            worker.backlog_s = self.audio_q.qsize() * item.samples.shape[0] / item.sample_rate
             try:
                 worker.process(item)
             except Exception:  # noqa: BLE001 - one bad chunk must not end the session
@@ -187,6 +209,8 @@ class Pipeline:
         for src in self._sources:
             src.stop()
         self.audio_q.put(_SENTINEL)
+        if self._thread is None and self.worker is not None:  # never started: its own pool only
+            self.worker.close()
         for thread in (self._thread, self._face_thread):
             if thread is not None:
                 thread.join(timeout)
@@ -220,7 +244,7 @@ class PipelineEventSource:
 
     def on_client_message(self, message: Any, client_id: str) -> None:
         """Reset from any client resets the dialogue; interim filtering is per client, in the server."""
-        if self.pipeline is not None and type(message).__name__ == "Reset":
+        if self.pipeline is not None and isinstance(message, protocol.Reset):
             logger.info("reset requested by client %s", client_id)
             self.pipeline.reset()
 

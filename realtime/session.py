@@ -169,22 +169,31 @@ class DialogueSession:
         if not any(features.present[MODALITIES.index(m)] for m in self.model.modalities):
             flags.append("nothing_present")
         t1 = time.perf_counter()
-        probs, new_state = self.model.step(step_inputs(features, utterance.speaker % self.model.n_parties), self.state)
+        try:
+            probs, new_state = self.model.step(step_inputs(features, utterance.speaker % self.model.n_parties),
+                                               self.state)
+        except Exception as e:  # noqa: BLE001 - a failing engine call must not stop the dialogue
+            logger.warning("the model step failed for utterance %s: %s", utterance.id, e)
+            flags.append("model_failed")
+            probs, new_state = None, None
         timings["model_ms"] = _ms(t1)
         timings["features_ms"] = round((t1 - t0) * 1000, 3)
-        if final:
+        if final and new_state is not None:  # a failed step leaves the dialogue state as it was
             self.state = new_state
             self.n_final += 1
-        model_probs = np.asarray(probs, dtype=np.float64).reshape(-1)  # (K,)
-        modalities: dict[str, dict[str, float] | None] = {"text": as_dict(self.labels, model_probs)}
-        fused = model_probs
+        n_labels = len(self.labels)
+        model_probs = None if probs is None else np.asarray(probs, dtype=np.float64).reshape(-1)  # (K,)
+        modalities: dict[str, dict[str, float] | None] = {
+            "text": None if model_probs is None else as_dict(self.labels, model_probs)}
+        fused = model_probs if model_probs is not None else np.full(n_labels, 1.0 / n_labels)
         if self.face_fusion is not None:
             if face is None:
                 flags.append("no_face")
                 modalities["face"] = None
             else:
-                modalities["face"] = as_dict(self.labels, self.face_fusion.label_map.distribution(face))
-                fused = self.face_fusion.fuse(model_probs, face)
+                face_probs = self.face_fusion.label_map.distribution(face)
+                modalities["face"] = as_dict(self.labels, face_probs)
+                fused = self.face_fusion.fuse(model_probs, face) if model_probs is not None else face_probs
         best = int(fused.argmax())
         return Prediction(
             utterance_id=utterance.id, final=final, label=self.labels[best],

@@ -74,6 +74,7 @@ class BrowserSession:
         self.worker = Worker(parts["session"], Segmenter(config.segmenter), parts["transcriber"], self.frames,
                              self.emit, config, self.created_ns, faces=parts.get("faces"),
                              speakers=parts.get("speakers"))
+        self.audio_q.on_drop = self.worker.chunk_lost
         self.wants_interim = config.interim
         self.audio_seq = mf.SequenceTracker("audio")
         self.video_seq = mf.SequenceTracker("video")
@@ -119,6 +120,8 @@ class BrowserSession:
         elapsed_s = (now - self._first_audio[0]) / 1e9
         if (self._samples + n) / mf.AUDIO_RATE > elapsed_s + AUDIO_SLACK_S:
             self.counters.audio_too_fast += 1
+            t = self.created_ns + samples_to_ns(self._samples)  # the excess is lost at this point of the clock
+            self.worker.audio_lost(t, t + samples_to_ns(n))
             if self._too_fast_told_ns is None or now - self._too_fast_told_ns > TOO_FAST_REPEAT_S * 1e9:
                 self._too_fast_told_ns = now
                 raise mf.FrameError(
@@ -128,6 +131,8 @@ class BrowserSession:
         gap = self.audio_seq.lost - lost_before
         if gap and self._samples:
             fill = min(gap * self._last_audio_len, int(MAX_FILL_S * mf.AUDIO_RATE))
+            t = self.created_ns + samples_to_ns(self._samples)
+            self.worker.audio_lost(t, t + samples_to_ns(fill))  # lost frames: silence in their place
             self._push(np.zeros(fill, np.float32))
             self.counters.audio_filled_ms += fill * 1000 / mf.AUDIO_RATE
         self._last_audio_len = n

@@ -334,8 +334,13 @@ class WebcamSource:
             ok, image = cap.read()
             if not ok or image is None:
                 logger.warning("camera %s read failed; reopening", self.index)
+                self.failures += 1
+                if on_status:
+                    on_status("camera_lost", f"camera {self.index} stopped delivering frames; reopening")
                 cap.release()
                 cap = None
+                backoff.attempt = max(backoff.attempt, 1)  # say so when it is back
+                self._stop.wait(0.05)
                 continue
             on_frame(VideoFrame(image=image, t_ns=t_read, index=index))
             index += 1

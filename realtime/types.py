@@ -100,6 +100,7 @@ class Transcript:
     avg_logprob: float = 0.0
     no_speech_prob: float = 0.0
     words: tuple[TranscriptWord, ...] | None = None
+    flags: tuple[str, ...] = ()  # e.g. "asr_loop": whisper looped and the repetition was cut off
 
 
 @dataclass(frozen=True, slots=True, eq=False)

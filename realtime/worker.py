@@ -32,20 +32,36 @@ from emostream.realtime.segmenter import (
 )
 from emostream.realtime.session import DialogueSession
 from emostream.realtime.speakers import SpeakerTracker
-from emostream.realtime.types import AudioChunk, Prediction, Utterance, VideoFrame, samples_to_ns
+from emostream.realtime.types import AudioChunk, Prediction, Transcript, Utterance, VideoFrame, samples_to_ns
 
 logger = logging.getLogger(__name__)
 
 EventCallback = Callable[[dict[str, Any]], None]
 PEEK_SAMPLES = 4 * 16_000  # an interim's speaker guess looks at the last 4 s (bounded cost)
+AUDIO_DROPPED = "audio_dropped"
+"""Prediction flag: audio of this utterance was lost before the worker saw it (a full queue, lost or
+excess client frames)."""
+MAX_LOST_SPANS = 64  # lost-audio spans remembered (older ones are behind every open utterance)
+DEGRADED = {  # prediction flag -> what a `status` (code degraded, level warning) says of a final
+    "asr_failed": "speech recognition failed: no text",
+    "speaker_failed": "speaker assignment failed: speaker 0",
+    "model_failed": "the model failed: the face alone (or uniform)",
+    "face_failed": "the face expert failed: no face",
+    "text_failed": "the text features failed: no text",
+    "audio_failed": "the audio features failed",
+    "visual_failed": "the visual features failed",
+    AUDIO_DROPPED: "audio was lost before it was processed",
+}
 
 
 class DropOldestQueue:
-    """A bounded queue that drops its oldest item when full, counting the drops."""
+    """A bounded queue that drops its oldest item when full, counting the drops; `on_drop` (if set)
+    is told each dropped item."""
 
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int, on_drop: Callable[[Any], None] | None = None) -> None:
         self._q: queue.Queue[Any] = queue.Queue(maxsize)
         self.dropped = 0
+        self.on_drop = on_drop
         self._lock = threading.Lock()
 
     def put(self, item: Any) -> None:
@@ -56,10 +72,12 @@ class DropOldestQueue:
                     return
                 except queue.Full:
                     try:
-                        self._q.get_nowait()
-                        self.dropped += 1
+                        old = self._q.get_nowait()
                     except queue.Empty:
-                        pass
+                        continue
+                    self.dropped += 1
+                    if self.on_drop is not None:
+                        self.on_drop(old)
 
     def put_wait(self, item: Any) -> None:
         """Block until there is room (back-pressure for files played as fast as possible)."""
@@ -121,6 +139,7 @@ class Worker:
         self.interim_stretch = 1.0  # the scheduler makes interims coarser (x this interval) under load
         self._face_sent_t: int | None = None  # the last `face` event's frame time...
         self._face_sent_at = 0  # ...and when it went out (monotonic ns)
+        self._face_failures = 0  # frames the face path failed on, as last reported
         # the speaker embedding of a probable utterance end, computed beside the early ASR
         self._voice_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="speaker-embedding")
         self._early_voice: concurrent.futures.Future[Any] | None = None
@@ -133,6 +152,9 @@ class Worker:
         self.busy_ns = 0
         self.timings: dict[str, float] = {}
         self.finals: list[Prediction] = []
+        self.backlog_s = 0.0  # audio waiting for this worker (set by its driver); interims wait when behind
+        self._lost: collections.deque[tuple[int, int]] = collections.deque(maxlen=MAX_LOST_SPANS)
+        self.counts = {"utterances_audio_dropped": 0, "interims_skipped_behind": 0}
 
     def ms(self, t_ns: int) -> float:
         return max(0.0, (t_ns - self.t0_ns) / 1e6)
@@ -145,6 +167,18 @@ class Worker:
 
     def close(self) -> None:
         self._voice_pool.shutdown(wait=True, cancel_futures=True)
+
+    def audio_lost(self, t0_ns: int, t1_ns: int) -> None:
+        """Audio over stream time [t0, t1) was lost before it reached the worker. Thread-safe."""
+        self._lost.append((t0_ns, max(t1_ns, t0_ns + 1)))
+
+    def chunk_lost(self, chunk: AudioChunk) -> None:
+        """`DropOldestQueue.on_drop`: a dropped chunk's span is lost audio."""
+        self.audio_lost(chunk.t0_ns, chunk.t0_ns + samples_to_ns(chunk.samples.shape[0], chunk.sample_rate))
+
+    def lost_within(self, t0_ns: int, t1_ns: int) -> bool:
+        """Whether any lost span overlaps stream time [t0, t1)."""
+        return any(a < t1_ns and b > t0_ns for a, b in tuple(self._lost))
 
     def reset(self) -> None:
         self._early_voice = None
@@ -185,7 +219,10 @@ class Worker:
         if job is not None and isinstance(event, EndpointPending):
             t = time.perf_counter()
             self._early_voice = self._voice_pool.submit(self.speakers.early, event)  # beside the early ASR
-            job.run()  # early ASR: overlaps the endpoint wait (the audio keeps queueing meanwhile)
+            try:
+                job.run()  # early ASR: overlaps the endpoint wait (the audio keeps queueing meanwhile)
+            except Exception:  # noqa: BLE001 - the final transcribes again (and reports a failure)
+                logger.exception("early ASR failed")
             self.timings["early_asr_ms"] = round((time.perf_counter() - t) * 1000, 2)
         if isinstance(event, SpeechResumed):
             self._early_voice = None
@@ -199,24 +236,44 @@ class Worker:
             self.next_id += 1
         self.current_id = None
         t = time.perf_counter()
-        transcript, reused = self.early.finish(end, uid)
+        try:
+            transcript, reused = self.early.finish(end, uid)
+        except Exception as e:  # noqa: BLE001 - the utterance still gets its final, without text
+            logger.exception("ASR failed on utterance %d", uid)
+            transcript, reused = Transcript(utterance_id=uid, text="", flags=("asr_failed",)), False
+            self.emit(protocol.error("internal", f"speech recognition failed on utterance {uid}: "
+                                                 f"{type(e).__name__}"))
         asr_ms = 0.0 if reused else round((time.perf_counter() - t) * 1000, 2)
         t = time.perf_counter()
         early_voice, self._early_voice = self._early_voice, None
-        speaker = self.speakers.assign_final(end, early_voice.result() if early_voice is not None else None)
+        flags = (["forced_split"] if end.forced else []) + list(transcript.flags)
+        try:
+            speaker = self.speakers.assign_final(end, early_voice.result() if early_voice is not None else None)
+        except Exception:  # noqa: BLE001 - who spoke is unknown; the utterance still gets its final
+            logger.exception("speaker assignment failed on utterance %d", uid)
+            speaker, flags = 0, [*flags, "speaker_failed"]
         speaker_ms = round((time.perf_counter() - t) * 1000, 2)
         utt = Utterance(id=uid, audio=end.audio, t_start_ns=end.t_start_ns, t_end_ns=end.t_end_ns,
                         frames=self.frames.between(end.t_start_ns, end.t_end_ns), speaker=speaker)
-        flags = ["forced_split"] if end.forced else []
+        if self.lost_within(end.t_start_ns, end.t_end_ns):
+            flags.append(AUDIO_DROPPED)
+            self.counts["utterances_audio_dropped"] += 1
         timings = {"asr_ms": asr_ms, "asr_reused": float(reused), "speaker_ms": speaker_ms,
                    "endpoint_wait_ms": round((t_detect - end.speech_end_ns) / 1e6, 2)}
+        face = self.face_of(end.t_start_ns, end.t_end_ns, timings)
+        if timings.pop("face_failed", None):
+            flags.append("face_failed")
         pred = self.session.predict(utt, transcript.text, final=True, extra_flags=flags, timings_ms=timings,
-                                    face=self.face_of(end.t_start_ns, end.t_end_ns, timings))
+                                    face=face)
         now = time.monotonic_ns()
         pred.timings_ms["compute_ms"] = round((now - t_detect) / 1e6, 2)
         pred.timings_ms["total_ms"] = round((now - end.speech_end_ns) / 1e6, 2)
         self.timings.update({k: v for k, v in pred.timings_ms.items() if k.endswith("_ms")})
         self.finals.append(pred)
+        degraded = [DEGRADED[f] for f in pred.flags if f in DEGRADED]
+        if degraded:
+            self.emit(protocol.status(code="degraded", level="warning",
+                                      message=f"utterance {uid}: " + "; ".join(degraded)))
         self.emit(protocol.transcript(utterance_id=uid, speaker=speaker, text=transcript.text,
                                       language=transcript.language))
         msg = protocol.prediction_from(pred, t0_ns=self.t0_ns)
@@ -230,19 +287,31 @@ class Worker:
         if now_stream_ns - self.last_interim_ns < self.config.interim_interval_s * self.interim_stretch * 1e9:
             return
         self.last_interim_ns = now_stream_ns
+        if self.backlog_s > self.config.interim_max_backlog_s:  # behind: the audio first, the final first
+            self.counts["interims_skipped_behind"] += 1
+            return
         audio = self.segmenter.active_audio()
         if audio is None or audio.size == 0:
             return
+        start = now_stream_ns - samples_to_ns(audio.size)
+        # bounded cost: an interim transcribes at most the last `interim_window_s` (the final, all of it)
+        tail = audio[-int(self.config.interim_window_s * 16_000):]
         t = time.perf_counter()
-        text = self.transcriber.transcribe(audio, self.current_id).text
+        try:
+            text = self.transcriber.transcribe(tail, self.current_id).text
+        except Exception:  # noqa: BLE001 - an interim is best effort: skip it, the final reports
+            logger.exception("interim ASR failed")
+            return
         asr_ms = round((time.perf_counter() - t) * 1000, 2)
         speaker = self.speakers.peek(audio[-PEEK_SAMPLES:])  # partial audio: the tracker learns only from finals
-        start = now_stream_ns - samples_to_ns(audio.size)
         utt = Utterance(id=self.current_id, audio=audio, t_start_ns=start, t_end_ns=now_stream_ns,
                         frames=self.frames.between(start, now_stream_ns), speaker=speaker)
-        timings = {"asr_ms": asr_ms}
-        pred = self.session.predict(utt, text, final=False, timings_ms=timings,
-                                    face=self.face_of(start, now_stream_ns, timings))
+        timings = {"asr_ms": asr_ms, "asr_audio_s": round(tail.size / 16_000, 2)}
+        flags = [AUDIO_DROPPED] if self.lost_within(start, now_stream_ns) else []
+        face = self.face_of(start, now_stream_ns, timings)
+        if timings.pop("face_failed", None):
+            flags.append("face_failed")
+        pred = self.session.predict(utt, text, final=False, timings_ms=timings, extra_flags=flags, face=face)
         self.emit(protocol.prediction_from(pred, t0_ns=self.t0_ns, now_ns=time.monotonic_ns()))
 
     def face_of(self, t0_ns: int, t1_ns: int, timings: dict[str, float]) -> Any:
@@ -250,8 +319,15 @@ class Worker:
         if self.faces is None:
             return None
         t = time.perf_counter()
-        self.faces.catch_up(self.frames.until(t1_ns))  # frames the face thread has not reached yet
-        span = self.faces.expression(t0_ns, t1_ns)
+        try:
+            self.faces.catch_up(self.frames.until(t1_ns))  # frames the face thread has not reached yet
+            span = self.faces.expression(t0_ns, t1_ns)
+        except Exception:  # noqa: BLE001 - the face path must not take the utterance down
+            logger.exception("face analysis failed")
+            timings["face_failed"] = 1.0
+            return None
+        finally:
+            self._report_face_failures()
         timings["face_ms"] = round((time.perf_counter() - t) * 1000, 3)
         timings["face_frames"] = float(span.n_with_face)
         return span.probs
@@ -283,6 +359,7 @@ class Worker:
         except Exception:  # noqa: BLE001 - the face path must not take the dialogue down
             logger.exception("face analysis failed")
             return
+        self._report_face_failures()
         obs = faces.latest()
         now = time.monotonic_ns()
         if obs is None or obs.t_ns == self._face_sent_t or now - self._face_sent_at < 1e9 / self.config.face_event_hz:
@@ -293,9 +370,20 @@ class Worker:
             t_ms=self.ms(obs.t_ns), probs=None if probs is None else dict(zip(self.session.labels, probs)),
             box=obs.boxes[0] if obs.n_faces else None, frame_size=obs.frame_size, n_faces=obs.n_faces))
 
+    def _report_face_failures(self) -> None:
+        """A `status` (face_failed) when the face path failed on frames since the last report."""
+        failures = self.faces.failures if self.faces is not None else 0
+        if failures > self._face_failures:
+            self.emit(protocol.status(code="face_failed", level="warning",
+                                      message=f"the face path failed on {failures - self._face_failures} frame(s); "
+                                              "those frames are skipped"))
+            self._face_failures = failures
+
     def metrics(self, queues: dict[str, int], drops: dict[str, int]) -> dict[str, Any]:
+        """A `metrics` event: the driver's queues and drops, plus this worker's counts (utterances
+        flagged audio_dropped, interims skipped while behind)."""
         rtf = self.busy_ns / self.audio_ns if self.audio_ns else None
-        return protocol.metrics(queues=queues, drops=drops, timings_ms=self.timings, rtf=rtf,
+        return protocol.metrics(queues=queues, drops={**drops, **self.counts}, timings_ms=self.timings, rtf=rtf,
                                 t_ms=self.ms(time.monotonic_ns()))
 
 

@@ -17,6 +17,7 @@ from emostream.realtime.segmenter import EndpointPending, Segmenter, SpeechEnd, 
 from emostream.realtime.text_metrics import edit_distance, normalize, word_error_rate
 
 DATA = Path(__file__).resolve().parent / "data"
+ROOT_SAMPLE = Path(__file__).resolve().parents[1] / "demo" / "media" / "sample.mp4"
 SR = 16_000
 logger = logging.getLogger(__name__)
 
@@ -172,9 +173,60 @@ def test_standard_and_short_context_paths_agree_on_the_fixture() -> None:
 
 
 def test_loop_detector() -> None:
-    from emostream.realtime.asr import looping
+    from emostream.realtime.repetition import looping
 
     assert looping("Wait, what? Wait, what? Wait, what?")
     assert looping("I am so so sorry, thank you thank you thank you")
     assert not looping("Wait, what? Really? You got it? That is incredible!")
     assert not looping("no no, I said the other one")
+    # whisper's loops as they reached finals before recovery (the last copy cut short)
+    assert looping("I will miss you so much. I will miss you so much. I will")
+    assert looping("Oh no! Did you hear that noise downstairs? Oh no! Did you hear that noise")
+    assert looping("Forget them. Forget them.")
+    # a phrase repeated inside a sentence, or a repeated single word, is speech, not a loop
+    assert not looping("I know, I know, but we agreed on Friday.")
+    assert not looping("No, no.")
+    assert not looping("Come here, I said come here.")
+
+
+def test_collapse_cuts_a_trailing_loop_back_to_its_first_copy() -> None:
+    from emostream.realtime.repetition import collapse_repeats, trailing_repeat
+
+    assert collapse_repeats("I will miss you so much. I will miss you so much. I will") == "I will miss you so much."
+    assert collapse_repeats("How did that even happened? How did that even happened? How did that") == (
+        "How did that even happened?")
+    assert collapse_repeats("OK, but the concert is down to a bit. OK, but the concert is down to a") == (
+        "OK, but the concert is down to a bit.")
+    assert collapse_repeats("Thanks, thank you thank you thank you") == "Thanks, thank you"
+    assert collapse_repeats("I know, I know, but we agreed.") == "I know, I know, but we agreed."
+    assert trailing_repeat("Forget them. Forget them.") == len("Forget them")
+    assert trailing_repeat(" ".join(["word"] * 500)) is None  # too long to search: bounded cost
+
+
+def test_a_loop_from_the_standard_path_is_cut_back_and_flagged() -> None:
+    """The last guard in `transcribe`: whatever path looped, the final text does not."""
+
+    class LoopingWhisper(FakeWhisper):  # a fake: stands in for faster_whisper.WhisperModel
+        def transcribe(self, audio: np.ndarray, **_: object):
+            seg = SimpleNamespace(text=" Wait, what? Wait, what? Wait,", tokens=[1, 2, 3], avg_logprob=-0.2,
+                                  no_speech_prob=0.05, words=None)
+            return iter([seg]), SimpleNamespace(language="en")
+
+    tr = Transcriber(AsrConfig(), model=LoopingWhisper()).transcribe(np.ones(SR, np.float32), 3)
+    assert tr.text == "Wait, what?" and tr.flags == ("asr_loop",)
+    off = Transcriber(AsrConfig(loop_recovery=False), model=LoopingWhisper()).transcribe(np.ones(SR, np.float32), 3)
+    assert off.text == "Wait, what? Wait, what? Wait," and off.flags == ()
+
+
+def test_real_whisper_recovers_from_its_loop_on_the_sample() -> None:
+    """tiny.en loops greedily on this early-ASR clip of the sample ("I will miss you so much.",
+    22.236-24.16 s, as the segmenter cuts it at its EndpointPending): "I will miss you so much. I will
+    miss you so much. I will". The repetition-penalty re-decoding or the cut leaves one copy."""
+    from emostream.realtime.sources import decode_file
+
+    audio = np.asarray(decode_file(ROOT_SAMPLE)[0], np.float32).reshape(-1)
+    clip = audio[round(22.236 * SR):round(24.16 * SR)]
+    asr = Transcriber(AsrConfig())
+    tr = asr.transcribe(clip, 0)
+    assert tr.text.lower().count("miss you") == 1, tr.text
+    assert tr.flags == ("asr_loop",)  # it did loop: the test exercises the recovery

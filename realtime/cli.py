@@ -76,6 +76,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--face-fps", type=float, default=5.0, help="frames a second the face expert looks at")
     p.add_argument("--face-detector", default="mtcnn", choices=("mtcnn", "haar"),
                    help="face detector of the live face path (mtcnn needs `pip install --no-deps facenet-pytorch`)")
+    p.add_argument("--camera", type=int, default=None, metavar="INDEX",
+                   help="camera index for the live devices (default 0, and audio-only when there is none; "
+                        "an index given here must open)")
 
 
 def config_from_args(args: argparse.Namespace, **extra: Any) -> PipelineConfig:
@@ -85,8 +88,30 @@ def config_from_args(args: argparse.Namespace, **extra: Any) -> PipelineConfig:
         checkpoint=args.checkpoint, engine=args.engine, engine_dir=args.engine_dir, asr_model=args.asr,
         segmenter=seg, interim=not args.no_interim, speaker_mode=args.speakers,
         face_expert=None if str(args.face_expert).lower() == "none" else args.face_expert,
-        face_weight=args.face_weight, face_fps=args.face_fps, face_detector=args.face_detector, **extra,
+        face_weight=args.face_weight, face_fps=args.face_fps, face_detector=args.face_detector,
+        camera=args.camera if args.camera is not None else 0, **extra,
     )
+
+
+def check_inputs(args: argparse.Namespace) -> str | None:
+    """Refuse, before any model loads, a media file that is not media and a camera index given
+    explicitly that does not open. Returns the message naming the file or device, or None."""
+    from emostream.realtime.sources import SourceError, WebcamSource, probe
+
+    media = getattr(args, "media", None)
+    if media is not None:
+        if not Path(media).is_file():
+            return f"media file not found: {media}"
+        try:
+            info = probe(media)
+        except SourceError as e:
+            return str(e)
+        if not info.has_audio:
+            return f"media file {media} has no audio stream (emostream needs speech)"
+    elif getattr(args, "camera", None) is not None and getattr(args, "source", None) != "browser":
+        if not WebcamSource(args.camera).available():
+            return f"camera {args.camera} cannot be opened (is it connected, and is its index right? see /dev/video*)"
+    return None
 
 
 def run_main(argv: list[str] | None = None) -> int:
@@ -101,6 +126,10 @@ def run_main(argv: list[str] | None = None) -> int:
         args.media = None
     elif args.media is None:
         p.error("give --media FILE or --source webcam")
+    problem = check_inputs(args)
+    if problem is not None:
+        sys.stderr.write(f"emostream run: error: {problem}\n")
+        return 2
     out_lock = threading.Lock()
 
     def on_event(msg: dict[str, Any]) -> None:
@@ -333,11 +362,12 @@ def serve_main(argv: list[str] | None = None, *, prog: str = "emostream serve", 
         logging.getLogger().setLevel(args.log_level)
     if args.log_level != "DEBUG":  # one INFO line per HTTP request otherwise
         logging.getLogger("websockets").setLevel(logging.WARNING)
-    if args.media is not None and not args.media.is_file():
-        print(f"{prog}: error: media file not found: {args.media}", file=sys.stderr)
-        return 2
     if args.source == "browser" and args.media is not None:
         print(f"{prog}: error: --source browser reads no file: drop --media", file=sys.stderr)
+        return 2
+    problem = check_inputs(args)
+    if problem is not None:
+        print(f"{prog}: error: {problem}", file=sys.stderr)
         return 2
     if (args.tls_cert is None) != (args.tls_key is None):
         print(f"{prog}: error: --tls-cert and --tls-key go together", file=sys.stderr)

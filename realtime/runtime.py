@@ -82,7 +82,14 @@ def load_step_model(checkpoint: Any, engine: str = "onnx", engine_dir: str | Non
         backend = load_engine("tensorrt", engine_dir)
     else:
         raise ValueError(f"unknown engine {engine!r}: torch, onnx or tensorrt")
-    return EngineStepModel(backend, checkpoint.labels, checkpoint.feature_spec, checkpoint.modalities, name=name)
+    from emostream.export.sidecar import SidecarError
+
+    try:
+        return EngineStepModel(backend, checkpoint.labels, checkpoint.feature_spec, checkpoint.modalities, name=name)
+    except SidecarError as e:  # name the engine file, not only its sidecar's own name for it
+        where = getattr(backend, "path", engine_dir or engine)
+        raise SidecarError(f"the engine {where} was exported from another model than the checkpoint "
+                           f"{checkpoint.path}: {e}") from e
 
 
 def build_featurizers_for(checkpoint: Any) -> Featurizers:

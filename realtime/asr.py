@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from emostream.realtime.privacy import shown
 from emostream.realtime.repetition import collapse_repeats, looping
 from emostream.realtime.segmenter import (
     EndpointPending,
@@ -115,15 +116,15 @@ class Transcriber:
         if cfg.short_context and not cfg.word_timestamps and cfg.initial_prompt is None:
             short = self._transcribe_short(x, utterance_id)
             if short is not None:
-                logger.debug("ASR utterance %d (short context): %.2f s audio in %.0f ms: %r",
-                             utterance_id, x.size / SAMPLE_RATE, (time.perf_counter() - t0) * 1e3, short.text)
+                logger.debug("ASR utterance %d (short context): %.2f s audio in %.0f ms: %s",
+                             utterance_id, x.size / SAMPLE_RATE, (time.perf_counter() - t0) * 1e3, shown(short.text))
                 return short
         result = self._transcribe_standard(x, utterance_id)
         if cfg.loop_recovery and looping(result.text):  # the last guard: no loop reaches a final
-            logger.info("ASR looped on utterance %d (%r); cut back", utterance_id, result.text)
+            logger.info("ASR looped on utterance %d; cut back", utterance_id)  # no text: transcripts are personal
             result = dataclasses.replace(result, text=collapse_repeats(result.text), flags=(LOOP_FLAG,))
-        logger.debug("ASR utterance %d: %.2f s audio in %.0f ms: %r",
-                     utterance_id, x.size / SAMPLE_RATE, (time.perf_counter() - t0) * 1e3, result.text)
+        logger.debug("ASR utterance %d: %.2f s audio in %.0f ms: %s",
+                     utterance_id, x.size / SAMPLE_RATE, (time.perf_counter() - t0) * 1e3, shown(result.text))
         return result
 
     def _transcribe_standard(self, x: np.ndarray, utterance_id: int) -> Transcript:
@@ -205,7 +206,8 @@ class Transcriber:
         flags: tuple[str, ...] = ()
         if not cfg.loop_recovery:
             if text and (_THREE_TIMES.search(text.lower()) or _compressible(text)):
-                logger.debug("short-context ASR looped on utterance %d (%r); falling back", utterance_id, text)
+                logger.debug("short-context ASR looped on utterance %d (%s); falling back", utterance_id,
+                             shown(text))
                 return None
         elif _too_repetitive(text):
             looped = text
@@ -213,7 +215,8 @@ class Transcriber:
             if _too_repetitive(text):
                 text = collapse_repeats(text)
             flags = (LOOP_FLAG,)
-            logger.info("ASR looped on utterance %d (%r); recovered %r", utterance_id, looped, text)
+            logger.info("ASR looped on utterance %d; decoded again", utterance_id)  # no text at INFO
+            logger.debug("ASR loop on utterance %d: %s -> %s", utterance_id, shown(looped), shown(text))
         # whisper's own silence rule (no_speech_threshold 0.6, log_prob_threshold -1), and no
         # transcript made of punctuation alone
         if (no_speech > 0.6 and avg_logprob < -1.0) or not any(ch.isalnum() for ch in text):

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from emostream.realtime import protocol
+from emostream.realtime import privacy, protocol
 from emostream.realtime.config import PipelineConfig
 from emostream.realtime.protocol import ClientMessage
 from emostream.realtime.segmenter import SegmenterConfig
@@ -76,6 +76,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--face-fps", type=float, default=5.0, help="frames a second the face expert looks at")
     p.add_argument("--face-detector", default="mtcnn", choices=("mtcnn", "haar"),
                    help="face detector of the live face path (mtcnn needs `pip install --no-deps facenet-pytorch`)")
+    p.add_argument("--log-transcripts", action="store_true",
+                   help="let DEBUG log lines show what was said (transcripts are personal data: off by default)")
     p.add_argument("--camera", type=int, default=None, metavar="INDEX",
                    help="camera index for the live devices (default 0, and audio-only when there is none; "
                         "an index given here must open)")
@@ -130,6 +132,7 @@ def run_main(argv: list[str] | None = None) -> int:
     if problem is not None:
         sys.stderr.write(f"emostream run: error: {problem}\n")
         return 2
+    privacy.log_transcripts(args.log_transcripts)
     out_lock = threading.Lock()
 
     def on_event(msg: dict[str, Any]) -> None:
@@ -369,6 +372,7 @@ def serve_main(argv: list[str] | None = None, *, prog: str = "emostream serve", 
     if problem is not None:
         print(f"{prog}: error: {problem}", file=sys.stderr)
         return 2
+    privacy.log_transcripts(args.log_transcripts)
     if (args.tls_cert is None) != (args.tls_key is None):
         print(f"{prog}: error: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2

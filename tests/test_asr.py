@@ -230,3 +230,19 @@ def test_real_whisper_recovers_from_its_loop_on_the_sample() -> None:
     tr = asr.transcribe(clip, 0)
     assert tr.text.lower().count("miss you") == 1, tr.text
     assert tr.flags == ("asr_loop",)  # it did loop: the test exercises the recovery
+
+
+def test_transcripts_stay_out_of_the_logs_unless_the_operator_opts_in(caplog: pytest.LogCaptureFixture) -> None:
+    from emostream.realtime import privacy
+
+    asr = Transcriber(AsrConfig(), model=FakeWhisper())
+    with caplog.at_level(logging.DEBUG, logger="emostream"):
+        said = asr.transcribe(np.ones(SR, np.float32), 0).text
+        assert said and said not in caplog.text and "characters>" in caplog.text
+        caplog.clear()
+        privacy.log_transcripts(True)
+        try:
+            asr.transcribe(np.ones(SR, np.float32), 1)
+        finally:
+            privacy.log_transcripts(False)
+        assert said in caplog.text

@@ -1,4 +1,4 @@
-"""TensorRT 10: build the exported graphs into engines and check their parity with PyTorch (GPU only)."""
+"""TensorRT 10 / 11: build the exported graphs into engines and check their parity with PyTorch (GPU only)."""
 
 from __future__ import annotations
 
@@ -77,7 +77,8 @@ def test_encoder_engines_parity_fp32(fp32_dir: Path) -> None:
 def test_engine_sidecar_names_and_timing_cache(onnx_dir: Path, fp32_dir: Path) -> None:
     side = read_sidecar(fp32_dir / "step.engine")
     onnx_side = read_sidecar(onnx_dir / "step.onnx")
-    assert side["tensorrt"]["fp16"] is False and side["tensorrt"]["version"].startswith("10")
+    assert side["tensorrt"]["fp16"] is False and side["tensorrt"]["fp16_mode"] is None
+    assert side["tensorrt"]["version"].split(".")[0] in ("10", "11")
     assert side["checkpoint_sha256"] == onnx_side["checkpoint_sha256"]
     assert (fp32_dir / "timing.cache").stat().st_size > 0
     with load_engine("tensorrt", fp32_dir) as eng, load_engine("onnx", onnx_dir) as ref:
@@ -101,7 +102,11 @@ def test_step_engine_fp16(onnx_dir: Path, tmp_path: Path) -> None:
     from emostream.export.tensorrt import build_engine
 
     engine = build_engine(onnx_dir / "step.onnx", tmp_path / "step.engine", fp16=True)
-    assert read_sidecar(engine)["tensorrt"]["fp16"] is True
+    trt_side = read_sidecar(engine)["tensorrt"]
+    assert trt_side["fp16"] is True
+    # TensorRT 10: the FP16 builder flag; 11 (no such flag): a float16 ONNX graph, strongly typed
+    assert trt_side["fp16_mode"] == ("builder_flag" if trt_side["version"].startswith("10.") else "onnx_graph")
+    assert trt_side["strongly_typed"] is (trt_side["fp16_mode"] == "onnx_graph")
     report = verify_export(tmp_path, steps=30, engine="tensorrt", parts=())
     assert report["max_abs_diff"] <= 1e-2, report
     assert report["argmax_agreement"] >= 0.9, report

@@ -1,13 +1,19 @@
-"""TensorRT 10 engine: a deserialised `.engine` run with the tensor-address API on torch CUDA tensors.
+"""TensorRT 10 / 11 engine: a deserialised `.engine` run with the tensor-address API on torch CUDA tensors.
 
 Inputs and outputs live in preallocated CUDA tensors (static shapes); `infer` copies numpy feeds
 in, binds every tensor with `set_tensor_address`, runs `execute_async_v3` on a torch CUDA stream
 and copies the outputs back. `infer_tensors` skips the host copies for callers that keep their
 data (e.g. the recurrent state) on the GPU.
+
+The runtime module is the full `tensorrt` package or, without it, the lean runtime
+`tensorrt_lean` (`pip install tensorrt-lean-cu12`), which deserialises only version-compatible
+engines. Every TensorRT attribute used here exists in TensorRT 10 and 11 (tests/test_tensorrt_api.py
+checks them against the installed runtime module).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from collections.abc import Mapping
@@ -21,21 +27,45 @@ from emostream.export.sidecar import TensorSpec, read_sidecar, sidecar_path
 
 logger = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'emostream[tensorrt]' (TensorRT 10) on a machine with an NVIDIA GPU and CUDA"
+INSTALL_HINT = "pip install 'emostream[tensorrt]' (TensorRT 10 or 11) on a machine with an NVIDIA GPU and CUDA"
+SUPPORTED_MAJORS = (10, 11)
+RUNTIME_MODULES = ("tensorrt", "tensorrt_lean")  # the full package first, then the lean runtime
+
+
+def tensorrt_major(trt: Any) -> int:
+    return int(str(trt.__version__).split(".")[0])
+
+
+def _checked(trt: Any) -> Any:
+    major = tensorrt_major(trt)
+    if major < SUPPORTED_MAJORS[0]:
+        raise BackendUnavailableError(
+            f"TensorRT {trt.__version__} found; emostream needs {SUPPORTED_MAJORS[0]}.x or later: {INSTALL_HINT}"
+        )
+    if major > SUPPORTED_MAJORS[-1]:
+        logger.warning("TensorRT %s: emostream is written and tested against the TensorRT %s APIs",
+                       trt.__version__, " and ".join(map(str, SUPPORTED_MAJORS)))
+    return trt
 
 
 def import_tensorrt() -> Any:
-    """The `tensorrt` module, or BackendUnavailableError with an install hint."""
+    """The full `tensorrt` module (builder and runtime), or BackendUnavailableError with an install hint."""
     try:
         import tensorrt
     except ImportError as e:
         raise BackendUnavailableError(f"TensorRT is not installed: {INSTALL_HINT}") from e
-    major = int(str(tensorrt.__version__).split(".")[0])
-    if major < 10:
-        raise BackendUnavailableError(f"TensorRT {tensorrt.__version__} found; emostream needs 10.x: {INSTALL_HINT}")
-    if major > 10:
-        logger.warning("TensorRT %s: emostream is written and tested against the TensorRT 10 API", tensorrt.__version__)
-    return tensorrt
+    return _checked(tensorrt)
+
+
+def import_tensorrt_runtime() -> Any:
+    """A module with TensorRT's runtime API: `tensorrt`, else the lean `tensorrt_lean`."""
+    errors: list[str] = []
+    for name in RUNTIME_MODULES:
+        try:
+            return _checked(importlib.import_module(name))
+        except ImportError as e:
+            errors.append(f"{name}: {e}")
+    raise BackendUnavailableError(f"TensorRT is not installed ({'; '.join(errors)}): {INSTALL_HINT}")
 
 
 def require_cuda() -> Any:
@@ -56,7 +86,7 @@ class TensorRTEngine(BaseEngine):
     backend = "tensorrt"
 
     def __init__(self, path: str | os.PathLike[str], device: int = 0, verbose: bool = False) -> None:
-        trt = import_tensorrt()
+        trt = import_tensorrt_runtime()
         torch = require_cuda()
         self.path = Path(path)
         if not self.path.is_file():
@@ -67,8 +97,10 @@ class TensorRTEngine(BaseEngine):
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
+            lean = " (the lean runtime runs only engines built version-compatible)" if _is_lean(trt) else ""
             raise EngineError(
-                f"TensorRT could not deserialise {self.path}: built by another TensorRT version or for another GPU?"
+                f"TensorRT {trt.__version__} could not deserialise {self.path}: built by another TensorRT "
+                f"version or for another GPU?{lean}"
             )
         self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream(device=self.device)
@@ -100,7 +132,8 @@ class TensorRTEngine(BaseEngine):
             inputs = [by_name[n] for n in order_in]
             outputs = [by_name[n] for n in order_out]
         super().__init__(inputs, outputs, side)
-        logger.info("TensorRT engine %s on %s", self.path.name, torch.cuda.get_device_name(self.device))
+        logger.info("TensorRT %s engine %s on %s", trt.__version__, self.path.name,
+                    torch.cuda.get_device_name(self.device))
 
     def infer_tensors(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
         """Torch tensors in (any device), torch CUDA tensors out (views of the engine's buffers:
@@ -130,6 +163,10 @@ class TensorRTEngine(BaseEngine):
         self._buffers.clear()
         self.context = None
         self.engine = None
+
+
+def _is_lean(trt: Any) -> bool:
+    return str(getattr(trt, "__name__", "")).startswith("tensorrt_lean")
 
 
 def _torch_dtype(torch: Any, dtype: np.dtype) -> Any:

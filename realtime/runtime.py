@@ -8,6 +8,7 @@ feature spec and modalities, so a mismatched export is refused with a clear erro
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,12 +93,68 @@ def load_step_model(checkpoint: Any, engine: str = "onnx", engine_dir: str | Non
                            f"{checkpoint.path}: {e}") from e
 
 
-def build_featurizers_for(checkpoint: Any) -> Featurizers:
-    """The same extractors training used, for the checkpoint's modalities only (spec-checked)."""
-    from emostream.model.data.features import checkpoint_featurizers
+def build_featurizers_for(checkpoint: Any, engine: str = "torch", engine_dir: str | None = None) -> Featurizers:
+    """The same extractors training used, for the checkpoint's modalities only (spec-checked).
 
-    found = checkpoint_featurizers(checkpoint)
-    return Featurizers(text=found.get("text"), audio=found.get("audio"), visual=found.get("visual"))
+    With engine "onnx" the text encoder runs on ONNX Runtime: the checkpoint's text encoder (its
+    fine-tuned patch included) is exported once into the engine folder, one static graph per token
+    bucket, and checked against the checkpoint's text spec like the eager one.
+    """
+    from emostream.model.data.features import (
+        build_featurizers,
+        checkpoint_featurizers,
+        spec_for,
+        visual_backbone_of,
+    )
+    from emostream.model.features.spec import FeatureSpec, check_compatible
+
+    text = onnx_text_featurizer(checkpoint, engine_dir) if engine == "onnx" and "text" in checkpoint.modalities else None
+    if text is None:
+        found = checkpoint_featurizers(checkpoint)
+        return Featurizers(text=found.get("text"), audio=found.get("audio"), visual=found.get("visual"))
+    others = [m for m in checkpoint.modalities if m != "text"]
+    found = build_featurizers(others, visual_backbone=visual_backbone_of(checkpoint))
+    found["text"] = text
+    if checkpoint.feature_spec:
+        check_compatible(FeatureSpec.from_dict(checkpoint.feature_spec), spec_for(found), checkpoint.modalities)
+    return Featurizers(text=found["text"], audio=found.get("audio"), visual=found.get("visual"))
+
+
+def onnx_text_featurizer(checkpoint: Any, engine_dir: str | None = None) -> Any:
+    """The checkpoint's text encoder on ONNX Runtime: from `engine_dir` when it holds text encoder
+    graphs (None when it holds none: eager then), else exported once into the user cache beside
+    the step (keyed by the checkpoint's hash)."""
+    from emostream.export.engines.text import BucketedTextEncoder, EngineTextFeaturizer, text_encoder_files
+
+    folder = Path(engine_dir) if engine_dir else engine_cache_dir(checkpoint.sha256)
+    complete = (folder / "text_encoder.onnx").is_file()  # moved in last by the export below
+    if not complete:
+        if engine_dir is not None and text_encoder_files("onnx", folder):
+            complete = True  # a user's export folder: taken as it is (and checked on load)
+        elif engine_dir is not None:
+            logger.warning("%s has no text_encoder*.onnx: the text encoder runs in eager PyTorch (export it with "
+                           "`emostream export onnx --parts step,text_encoder --out %s`)", folder, folder)
+            return None
+    if not complete:
+        import shutil
+        import tempfile
+
+        from emostream.export.onnx import export_onnx
+
+        logger.info("exporting the text encoder to %s (first use of this checkpoint)", folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".text-export-") as tmp:
+            export_onnx(checkpoint, tmp, parts=("text_encoder",))
+            done = sorted(Path(tmp).iterdir(), key=lambda p: p.name == "text_encoder.onnx")  # the full length last
+            for item in done:  # all or nothing: the full-length graph (moved last) marks a complete export
+                target = folder / item.name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                os.replace(item, target)
+    encoder = BucketedTextEncoder.load("onnx", folder)
+    if encoder.sidecar.get("checkpoint_sha256") not in (None, checkpoint.sha256):
+        raise ValueError(f"the text encoder in {folder} was exported from another checkpoint")
+    return EngineTextFeaturizer(encoder)
 
 
 def build_face_path(config: Any, labels: tuple[str, ...], modalities: tuple[str, ...]) -> tuple[Any, Any]:
@@ -183,7 +240,7 @@ def load_shared_models(config: Any) -> SharedModels:
     checkpoint = load_checkpoint(config.checkpoint)
     model = load_step_model(checkpoint, config.engine, config.engine_dir)
     analyzer, fusion = build_face_path(config, model.labels, model.modalities)
-    shared = SharedModels(config, checkpoint, model, build_featurizers_for(checkpoint),
+    shared = SharedModels(config, checkpoint, model, build_featurizers_for(checkpoint, config.engine, config.engine_dir),
                           Transcriber(AsrConfig(model=config.asr_model)), analyzer, fusion)
     logger.info("model %s on %s (%s); labels %s; speakers by %s", model.name, config.engine,
                 ",".join(model.modalities), ",".join(model.labels), config.speaker_mode)

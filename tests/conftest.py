@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,3 +17,10 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def engine_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One `EMOSTREAM_CACHE` for the tests that load the live models: the bundled checkpoint's step
+    and text encoder are exported to ONNX once per test run, not once per test module."""
+    return tmp_path_factory.mktemp("engine-cache")

@@ -162,7 +162,7 @@ def test_nothing_is_unpickled_or_executed() -> None:
     assert problems == []
 
 
-def test_run_without_a_microphone_exits_non_zero_and_does_not_hang(tmp_path: Path) -> None:
+def test_run_without_a_microphone_exits_non_zero_and_does_not_hang(engine_cache: Path) -> None:
     """The real command, in its own process: no PortAudio (or no input device) is an error naming
     the microphone and exit status 1, not a hang (every thread it started is released)."""
     import os
@@ -173,7 +173,7 @@ def test_run_without_a_microphone_exits_non_zero_and_does_not_hang(tmp_path: Pat
 
     if microphone_available():
         pytest.skip("this machine has a microphone")
-    env = {**os.environ, "EMOSTREAM_CACHE": str(tmp_path)}
+    env = {**os.environ, "EMOSTREAM_CACHE": str(engine_cache)}
     done = subprocess.run([sys.executable, "-m", "emostream.realtime.cli", "run", "--source", "webcam",
                            "--face-expert", "none"], capture_output=True, text=True, timeout=180, env=env)
     assert done.returncode == 1, done.stderr[-2000:]

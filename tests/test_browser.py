@@ -74,11 +74,11 @@ def stop(proc: subprocess.Popen[str]) -> None:
 
 
 @needs_chromium
-def test_page_shows_predictions_and_reconnects(tmp_path: Path) -> None:
+def test_page_shows_predictions_and_reconnects(engine_cache: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     port = free_port()
-    server = start_server(port, tmp_path / "cache")
+    server = start_server(port, engine_cache)
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
@@ -102,7 +102,7 @@ def test_page_shows_predictions_and_reconnects(tmp_path: Path) -> None:
             # restart the server on the same port: the page must notice and reconnect by itself
             stop(server)
             page.wait_for_selector('#conn:not([data-state="open"])', timeout=15_000)
-            server = start_server(port, tmp_path / "cache")
+            server = start_server(port, engine_cache)
             page.wait_for_selector('#conn[data-state="open"]', timeout=60_000)
             assert not errors, errors
             browser.close()
@@ -119,11 +119,11 @@ def bar_labels(page: Any) -> list[str]:
 # Depends on the server side of the per-modality predictions: hello.live_modalities/experts,
 # prediction.modalities and `face` events (the sample's video is a portrait of a smiling face).
 @needs_chromium
-def test_page_shows_modalities_and_live_face_on_the_sample(tmp_path: Path) -> None:
+def test_page_shows_modalities_and_live_face_on_the_sample(engine_cache: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     port = free_port()
-    server = start_server(port, tmp_path / "cache")
+    server = start_server(port, engine_cache)
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)

@@ -460,8 +460,8 @@ def start_browser_server(cache: Path, *extra: str) -> tuple[subprocess.Popen[str
 
 
 @pytest.fixture(scope="module")
-def real_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    proc, url = start_browser_server(tmp_path_factory.mktemp("cache"), "--max-sessions", "2")
+def real_server(engine_cache: Path) -> Any:
+    proc, url = start_browser_server(engine_cache, "--max-sessions", "2")
     try:
         yield url
     finally:
@@ -544,11 +544,11 @@ def test_two_capturing_pages_get_their_own_dialogues_from_the_real_server(browse
 
 
 def test_a_capturing_page_past_max_sessions_gets_busy_from_the_real_server(browser: Any,
-                                                                          tmp_path: Path) -> None:
+                                                                          engine_cache: Path) -> None:
     """(d) `--max-sessions 1`: the second capturing page is told `busy` and says so."""
     from playwright.sync_api import expect
 
-    proc, url = start_browser_server(tmp_path / "cache", "--max-sessions", "1")
+    proc, url = start_browser_server(engine_cache, "--max-sessions", "1")
     try:
         first, _ = open_page(browser, url + "?source=browser")
         expect(first.locator("#capture-state")).to_contain_text("sending", timeout=30_000)

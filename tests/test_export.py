@@ -305,3 +305,28 @@ def test_bundled_checkpoint_exports_and_verifies(tmp_path: Path, capsys: pytest.
     with BucketedTextEncoder.load("onnx", out) as text:  # the fine-tuned MiniLM patch, exported
         assert "minilm-meld" in text.sidecar["ref"]
         assert bucketed_text_parity(text) <= 1e-4
+
+
+def test_the_live_text_encoder_runs_on_onnxruntime_and_matches_eager(engine_cache: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serving with --engine onnx encodes text through the exported buckets (fine-tuned patch
+    included), with the checkpoint's spec, and gives the eager encoder's vectors."""
+    import json
+
+    from emostream.export.engines.text import EngineTextFeaturizer
+    from emostream.model.checkpoint import load_checkpoint
+    from emostream.model.data.features import checkpoint_featurizers
+    from emostream.realtime.runtime import build_featurizers_for
+
+    monkeypatch.setenv("EMOSTREAM_CACHE", str(engine_cache))
+    ckpt = load_checkpoint(None)
+    live = build_featurizers_for(ckpt, "onnx").text
+    assert isinstance(live, EngineTextFeaturizer)
+    eager = checkpoint_featurizers(ckpt)["text"]
+    assert live.spec == eager.spec
+    script = json.loads((Path(__file__).parent / "data" / "dialogue.json").read_text())["utterances"]
+    sentences = [u["text"] for u in script] + ["", "Wait, what?", "so " * 200]  # empty, short, truncated
+    got, want = live(sentences), eager(sentences)
+    assert got.shape == want.shape and float(np.abs(got - want).max()) < 1e-4
+    used = {live.encoder.bucket(len(live.encoder.feeds(s)[1]["input_ids"][0])) for s in sentences}
+    assert len(used) >= 3  # short and long inputs take different static lengths

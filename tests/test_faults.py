@@ -33,11 +33,11 @@ N_LINES = 6
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def shared(engine_cache: Path) -> Any:
     from emostream.realtime.runtime import load_shared_models
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EMOSTREAM_CACHE", str(tmp_path_factory.mktemp("cache")))
+        mp.setenv("EMOSTREAM_CACHE", str(engine_cache))
         return load_shared_models(CONFIG)
 
 

@@ -18,11 +18,11 @@ DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(scope="module")
-def events(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+def events(engine_cache: Path) -> list[dict]:
     got: list[dict] = []
     cfg = PipelineConfig(media=str(DATA / "dialogue.wav"), realtime=False, engine="onnx")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EMOSTREAM_CACHE", str(tmp_path_factory.mktemp("cache")))  # the ONNX export goes here
+        mp.setenv("EMOSTREAM_CACHE", str(engine_cache))  # the ONNX export goes here
         with Pipeline(cfg, got.append) as pipeline:
             assert pipeline.wait(300), "the pipeline did not finish the fixture"
     return got

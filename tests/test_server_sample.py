@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
@@ -35,7 +36,7 @@ async def collect(ws_url: str, ready: asyncio.Event, counter: list[int], stop: a
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[tuple[float, dict]], list[list[dict]]]:
+def run(engine_cache: Path) -> tuple[list[tuple[float, dict]], list[list[dict]]]:
     """(published messages with the wall time they were published, what each client received)"""
 
     async def scenario() -> tuple[list[tuple[float, dict]], list[list[dict]]]:
@@ -62,7 +63,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[tuple[float, dic
         return published, received
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EMOSTREAM_CACHE", str(tmp_path_factory.mktemp("cache")))  # the ONNX exports go here
+        mp.setenv("EMOSTREAM_CACHE", str(engine_cache))  # the ONNX exports go here
         return asyncio.run(scenario())
 
 

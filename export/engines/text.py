@@ -117,3 +117,32 @@ class BucketedTextEncoder:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+class EngineTextFeaturizer:
+    """The text featurizer interface (`texts -> (n, D)`, `spec`, `dim`) over exported text
+    encoders: what the live session uses on ONNX Runtime (or TensorRT) instead of eager PyTorch.
+
+    Its spec is the one `TextFeaturizer` gives for the same reference, length and normalisation,
+    so the checkpoint's feature-spec check applies unchanged.
+    """
+
+    def __init__(self, encoder: BucketedTextEncoder) -> None:
+        from emostream.model.features.spec import text_spec
+        from emostream.model.features.weights import weights_id
+
+        side = encoder.sidecar
+        self.encoder = encoder
+        self.spec = text_spec(weights_id=weights_id(str(side["ref"])), dim=encoder.dim,
+                              max_length=int(side["max_length"]), normalize=bool(side.get("normalize", True)))
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.dim
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        """texts -> (n, D) float32, one engine call per sentence (its smallest bucket)."""
+        return self.encoder.encode([t if t is not None else "" for t in texts])
+
+    def close(self) -> None:
+        self.encoder.close()

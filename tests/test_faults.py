@@ -239,6 +239,25 @@ def test_the_face_model_raises_once(shared: Any, audio: np.ndarray, face_image: 
         assert face is not None and max(face, key=face.get) == "joy", f
 
 
+def test_the_speaker_embedding_raises(shared: Any, audio: np.ndarray) -> None:
+    track = Utterances()
+    parts = shared.dialogue_parts()
+    tracker = parts["speakers"]  # this dialogue's own tracker
+    real_assign = tracker.assign_final
+
+    def assign_fails(end: Any, early: Any) -> int:
+        if track.hit():
+            raise RuntimeError("injected speaker-embedding failure")
+        return real_assign(end, early)
+
+    tracker.assign_final = assign_fails
+    drive(parts, audio, track)
+    finals = assert_dialogue_went_on(track)
+    assert "speaker_failed" in finals[FAULTY]["flags"] and finals[FAULTY]["speaker"] == 0
+    assert finals[FAULTY]["text"]
+    assert any(f"utterance {FAULTY}" in s["message"] for s in track.of("status", "degraded"))
+
+
 def test_lost_audio_flags_its_utterance_and_is_counted(shared: Any, audio: np.ndarray) -> None:
     import json
 

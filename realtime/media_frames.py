@@ -46,6 +46,9 @@ MIN_WIDTH = MIN_HEIGHT = 16
 MAX_WIDTH = 1280
 MAX_HEIGHT = 720
 MAX_SEQ = 2**32 - 1
+MAX_ABS_T_MS = float(2**53)
+"""|t_ms| at most this (ms; about 285,000 years, the integers a double counts exactly): a session
+subtracts and scales capture times, which overflow for timestamps near the double's limit."""
 MAX_FRAME_BYTES = HEADER_SIZE + max(2 * MAX_AUDIO_SAMPLES, MAX_VIDEO_BYTES)
 """The largest valid frame (header + the largest payload): the websocket's message size limit
 for a capturing connection must be at least this."""
@@ -131,6 +134,8 @@ def parse_frame(data: bytes | bytearray | memoryview) -> MediaFrame:
         raise FrameError(f"unknown frame kind {kind}: 1 is audio, 2 is video")
     if not math.isfinite(t_ms):
         raise FrameError(f"non-finite t_ms {t_ms!r} in {KIND_NAMES[kind]} frame {seq}")
+    if abs(t_ms) > MAX_ABS_T_MS:
+        raise FrameError(f"t_ms {t_ms!r} out of range in {KIND_NAMES[kind]} frame {seq}: |t_ms| <= 2**53")
     payload = view[HEADER_SIZE:]
     n = len(payload)
     if kind == KIND_AUDIO:
@@ -155,8 +160,8 @@ def parse_frame(data: bytes | bytearray | memoryview) -> MediaFrame:
 def _check_seq_t(seq: int, t_ms: float) -> None:
     if isinstance(seq, bool) or not 0 <= int(seq) <= MAX_SEQ:
         raise ValueError(f"seq must be a u32 (0..{MAX_SEQ}), got {seq!r}")
-    if not math.isfinite(t_ms):
-        raise ValueError(f"t_ms must be finite, got {t_ms!r}")
+    if not math.isfinite(t_ms) or abs(t_ms) > MAX_ABS_T_MS:
+        raise ValueError(f"t_ms must be finite and |t_ms| <= 2**53, got {t_ms!r}")
 
 
 def encode_audio(seq: int, t_ms: float, samples: np.ndarray) -> bytes:

@@ -85,10 +85,30 @@ ClientMessage = Reset | Config | Ping
 _CONFIG_OPTIONS: dict[str, type] = {"interim": bool}
 
 
+def _show(value: Any, limit: int = 64) -> str:
+    """A client's value for an error message: ASCII (no lone surrogates, which cannot go out as
+    UTF-8), at most about `limit` characters (no echoing back of a 64 KiB string)."""
+    try:
+        text = ascii(value)
+    except (RecursionError, ValueError):  # deeply nested; an int too long to print
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _valid_unicode(text: str) -> bool:
+    """False for a string with lone surrogates (JSON's "\\ud800" escapes): it has no UTF-8 form."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_fields(obj: Mapping[str, Any], allowed: Iterable[str], kind: str) -> None:
     extra = sorted(set(obj) - set(allowed) - {"type", "v"})
     if extra:
-        raise ProtocolError("bad_message", f"unknown field(s) in {kind!r}: {', '.join(extra)}")
+        shown = ", ".join(_show(k, 40) for k in extra[:5]) + (f" (+{len(extra) - 5} more)" if len(extra) > 5 else "")
+        raise ProtocolError("bad_message", f"unknown field(s) in {kind!r}: {shown}")
 
 
 def parse_client_message(text: str | bytes) -> ClientMessage:
@@ -108,7 +128,7 @@ def parse_client_message(text: str | bytes) -> ClientMessage:
         raise ProtocolError("bad_version", f"missing field 'v' (this server speaks v{VERSION})")
     version = obj["v"]
     if isinstance(version, bool) or version != VERSION:
-        raise ProtocolError("bad_version", f"unsupported protocol version {version!r}; this server speaks v{VERSION}")
+        raise ProtocolError("bad_version", f"unsupported protocol version {_show(version)}; this server speaks v{VERSION}")
     if kind == "reset":
         _check_fields(obj, (), kind)
         return Reset()
@@ -119,6 +139,8 @@ def parse_client_message(text: str | bytes) -> ClientMessage:
             raise ProtocolError("bad_message", "'id' of ping must be a string or an integer")
         if isinstance(ping_id, str) and len(ping_id) > 128:
             raise ProtocolError("bad_message", "'id' of ping must be at most 128 characters")
+        if isinstance(ping_id, str) and not _valid_unicode(ping_id):  # the pong could not echo it
+            raise ProtocolError("bad_message", "'id' of ping must be valid Unicode (no lone surrogates)")
         return Ping(id=ping_id)
     if kind == "config":
         _check_fields(obj, _CONFIG_OPTIONS, kind)
@@ -131,7 +153,7 @@ def parse_client_message(text: str | bytes) -> ClientMessage:
         return Config(**options)
     if kind in SERVER_TYPES:
         raise ProtocolError("unknown_type", f"{kind!r} is a server message; clients may send: {', '.join(CLIENT_TYPES)}")
-    raise ProtocolError("unknown_type", f"unknown message type {kind[:64]!r}; clients may send: {', '.join(CLIENT_TYPES)}")
+    raise ProtocolError("unknown_type", f"unknown message type {_show(kind)}; clients may send: {', '.join(CLIENT_TYPES)}")
 
 
 def reset() -> JsonDict:

@@ -89,6 +89,18 @@ class ClientQueue:
         self._ready.set()
 
 
+def _wire_text(event: Mapping[str, Any]) -> str:
+    """`protocol.encode`, and refuse text with no UTF-8 form (a lone surrogate): a websocket cannot
+    send it, and trying would fail that client's connection."""
+    text = protocol.encode(event)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"{event.get('type')} message is not valid Unicode: {exc.reason} at {exc.start}") from None
+    return text
+
+
 class Broadcaster:
     """Fans server events out to every client's queue. Never blocks; call on the event loop."""
 
@@ -134,10 +146,10 @@ class Broadcaster:
         if kind not in protocol.SERVER_TYPES:
             raise ValueError(f"not a server message type: {kind!r}")
         droppable = kind in ("metrics", "face") or (kind == "prediction" and not event.get("final", True))
+        text = _wire_text(event)  # fail now, at the producer, rather than in a sender
         if kind in _PER_CLIENT_TYPES:
-            protocol.encode(event)  # fail now, at the producer, rather than in a sender
             return Outgoing(kind, message=dict(event), droppable=droppable)
-        return Outgoing(kind, text=protocol.encode(event), droppable=droppable)
+        return Outgoing(kind, text=text, droppable=droppable)
 
     def publish(self, event: Mapping[str, Any]) -> None:
         """Queue one server message for every client (encoded once). Raises ValueError if invalid."""

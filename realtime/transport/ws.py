@@ -79,6 +79,9 @@ class Server:
         max_message_bytes: larger client messages get an `error` (up to 4x this size; beyond
             that the protocol layer closes the connection with 1009).
         client_queue_size: outgoing messages buffered per client before dropping the oldest.
+        send_timeout: a client whose socket takes no data for this many seconds (it stopped
+            reading and its buffers are full) is disconnected; None: never. The keepalive cannot
+            catch such a client: its ping waits behind the full buffer, so its timeout never starts.
     """
 
     def __init__(
@@ -97,6 +100,7 @@ class Server:
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
         close_timeout: float = 2.0,
+        send_timeout: float | None = 40.0,
         capture: Any | None = None,
         operator_token: str | None = None,
         tls: ssl.SSLContext | None = None,
@@ -128,6 +132,7 @@ class Server:
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
         self._close_timeout = close_timeout
+        self.send_timeout = send_timeout
         self.capture = capture  # a SessionManager: `/ws?source=browser` connections get a session each
         self.health_checks: dict[str, Callable[[], tuple[bool, str]]] = {}
         self.capture_expected = False  # True: capture comes once the models are loaded (answer `busy` till then)
@@ -373,7 +378,12 @@ class Server:
                     data = await ws.recv()
                 except ConnectionClosed:
                     break
-                self._on_incoming(queue, data, session, operator)
+                try:
+                    self._on_incoming(queue, data, session, operator)
+                except Exception:  # noqa: BLE001 - one message must not end the connection
+                    logger.exception("client %s: failed to handle a %s message", client_id,
+                                     "text" if isinstance(data, str) else "binary")
+                    self.broadcaster.send_to(queue, protocol.error("internal", "the server failed to handle that message"))
         finally:
             if session is not None:
                 await asyncio.to_thread(self.capture.close, session, "disconnected")
@@ -392,11 +402,11 @@ class Server:
             if self.capture_expected:  # still loading the models
                 self.broadcaster.send_to(queue, protocol.error(
                     "busy", "the server is still loading its models: try again in a few seconds"))
-                await self.drain(timeout=1.0)
+                await _flush(queue, timeout=1.0)
                 await ws.close(1013, "loading")
             else:
                 self.broadcaster.send_to(queue, protocol.error("bad_message", "this server does not take browser capture"))
-                await self.drain(timeout=1.0)
+                await _flush(queue, timeout=1.0)
                 await ws.close(1008, "no capture here")
             return None
         loop = asyncio.get_running_loop()
@@ -412,7 +422,7 @@ class Server:
             session = await asyncio.to_thread(self.capture.open, client_id, send, close)
         except Busy as exc:
             self.broadcaster.send_to(queue, protocol.error("busy", str(exc)))
-            await self.drain(timeout=1.0)
+            await _flush(queue, timeout=1.0)
             await ws.close(1013, "busy")
             return None
         hello = session.hello()
@@ -429,7 +439,19 @@ class Server:
     async def _send_loop(self, ws: ServerConnection, queue: ClientQueue) -> None:
         try:
             while (item := await queue.get()) is not None:
-                await ws.send(self.broadcaster.render(item, queue))  # waits while the client lags
+                try:
+                    text = self.broadcaster.render(item, queue)
+                except (ValueError, TypeError):  # checked when queued: should not happen; skip, go on
+                    logger.exception("client %s: %s message not sent", queue.client_id, item.type)
+                    continue
+                try:
+                    async with asyncio.timeout(self.send_timeout):
+                        await ws.send(text)  # waits while the client lags
+                except TimeoutError:
+                    logger.warning("client %s took no data for %.0f s: disconnected (%d messages queued)",
+                                   queue.client_id, self.send_timeout, len(queue))
+                    ws.transport.abort()  # a close frame could not get through its full buffers either
+                    return
                 queue.sent += 1
         except ConnectionClosed:
             pass
@@ -474,6 +496,14 @@ class Server:
             except Exception:
                 logger.exception("on_client_message failed for %s", message.type)
                 self.broadcaster.send_to(queue, protocol.error("internal", f"the server failed to handle {message.type!r}"))
+
+
+async def _flush(queue: ClientQueue, timeout: float) -> None:
+    """Wait until this client's queue is empty (its last words sent) or `timeout` passes: not the
+    whole server's (`Server.drain`), which a stalled client elsewhere would hold up."""
+    deadline = time.monotonic() + timeout
+    while len(queue) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
 
 
 def _secret_ok(offered: Sequence[str], secret: bytes) -> bool:

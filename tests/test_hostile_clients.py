@@ -28,6 +28,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import cv2
@@ -57,11 +58,11 @@ _ids = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def shared(engine_cache: Path) -> Any:
     from emostream.realtime.runtime import load_shared_models
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EMOSTREAM_CACHE", os.environ.get("EMOSTREAM_CACHE") or str(tmp_path_factory.mktemp("cache")))
+        mp.setenv("EMOSTREAM_CACHE", str(engine_cache))
         return load_shared_models(PipelineConfig())
 
 

@@ -157,6 +157,7 @@ def test_whisper_base_parts_are_concatenated(tmp_path: Path, monkeypatch: pytest
     assert out == tmp_path / "cache" / "whisper-base"
     assert (out / "model.bin").read_bytes() == p1 + p2
     assert sorted(p.name for p in out.iterdir()) == [
+        ".assembled.json",  # what it was built from (part sizes and hashes)
         "config.json",
         "model.bin",
         "tokenizer.json",

@@ -1,4 +1,8 @@
-"""Text features: a Hugging Face encoder, mean-pooled over real tokens (all-MiniLM-L6-v2 -> 384-d).
+"""Text features: a Hugging Face encoder, mean-pooled over real tokens and L2-normalised.
+
+Bundled options: all-MiniLM-L6-v2 (384-d, the default) and all-mpnet-base-v2 (768-d, 110M
+parameters; ~5x slower per utterance). Both are sentence-transformers models whose modules.json is
+Transformer -> mean Pooling -> Normalize, which is exactly what `TextEncoderModule` computes.
 
 `TextEncoderModule` is the exportable part (token ids + mask in, pooled vector out, no Python
 control flow on data); `TextFeaturizer` adds the tokenizer, batching and numpy in/out. Any local
@@ -31,7 +35,7 @@ class TextEncoderModule(nn.Module):
     def __init__(self, encoder: nn.Module, normalize: bool = True) -> None:
         super().__init__()
         self.encoder = encoder
-        self.normalize = normalize  # L2-normalise, as sentence-transformers does for MiniLM
+        self.normalize = normalize  # L2-normalise, as sentence-transformers does (MiniLM, mpnet)
 
     @property
     def dim(self) -> int:

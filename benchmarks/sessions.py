@@ -109,6 +109,7 @@ class SessionResult:
     video_frames_sent: int = 0
     send_lag_ms_max: float = 0.0  # how late this client sent a frame against its real-time schedule
     finals: list[dict[str, Any]] = field(default_factory=list)
+    final_recv_ms: list[float] = field(default_factory=list)  # when each final arrived (time.monotonic, ms)
     interims: int = 0
     last_metrics: dict[str, Any] | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)
@@ -209,6 +210,7 @@ async def run_session(index: int, url: str, audio: np.ndarray, jpegs: list[bytes
                 elif kind == "prediction":
                     if msg.get("final"):
                         r.finals.append(msg)
+                        r.final_recv_ms.append(time.monotonic() * 1000.0)
                         if sent_all and len(r.finals) >= expected:
                             done.set()
                     else:
@@ -322,13 +324,17 @@ def rss_mb(pid: int | None) -> dict[str, float | None]:
 
 
 class ServerProcess:
-    """`emostream serve --source browser --port 0 --max-sessions N` as a subprocess."""
+    """`emostream serve --source browser --port 0 --max-sessions N` as a subprocess (or `command`,
+    any server command line that prints `serving http://HOST:PORT/` on stdout)."""
 
-    def __init__(self, extra: list[str], max_sessions: int, startup_timeout_s: float) -> None:
-        exe = shutil.which("emostream") or str(Path(sys.executable).with_name("emostream"))
-        cmd = [exe] if Path(exe).exists() else [sys.executable, "-m", "emostream.realtime.cli"]
-        self.cmd = [*cmd, "serve", "--source", "browser", "--host", HOST, "--port", "0",
-                    "--max-sessions", str(max_sessions), *extra]
+    def __init__(self, extra: list[str], max_sessions: int, startup_timeout_s: float,
+                 command: list[str] | None = None) -> None:
+        if command is None:
+            exe = shutil.which("emostream") or str(Path(sys.executable).with_name("emostream"))
+            cmd = [exe] if Path(exe).exists() else [sys.executable, "-m", "emostream.realtime.cli"]
+            command = [*cmd, "serve", "--source", "browser", "--host", HOST, "--port", "0",
+                       "--max-sessions", str(max_sessions)]
+        self.cmd = [*command, *extra]
         self.log = tempfile.NamedTemporaryFile("w+", prefix="emostream-serve-", suffix=".log", delete=False)
         self.lines: list[str] = []
         self.url: str | None = None

@@ -19,6 +19,8 @@ from emostream.realtime.session import DialogueSession, Featurizers, State
 
 logger = logging.getLogger(__name__)
 
+LIVE_TEXT_BUCKETS = (32,)  # + the full length: most utterances fit 32 tokens; each graph costs ~95 MB
+
 
 class EngineStepModel:
     """The session's `StepModel` over any step engine: functional (state in, state out)."""
@@ -151,7 +153,7 @@ def onnx_text_featurizer(checkpoint: Any, engine_dir: str | None = None) -> Any:
                 if target.is_dir():
                     shutil.rmtree(target)
                 os.replace(item, target)
-    encoder = BucketedTextEncoder.load("onnx", folder)
+    encoder = BucketedTextEncoder.load("onnx", folder, lengths=LIVE_TEXT_BUCKETS)
     if encoder.sidecar.get("checkpoint_sha256") not in (None, checkpoint.sha256):
         raise ValueError(f"the text encoder in {folder} was exported from another checkpoint")
     return EngineTextFeaturizer(encoder)

@@ -69,12 +69,17 @@ class BucketedTextEncoder:
 
     @classmethod
     def load(cls, kind: str, folder: str | os.PathLike[str], tokenizer: Any = None,
-             **options: Any) -> BucketedTextEncoder:
+             lengths: Sequence[int] | None = None, **options: Any) -> BucketedTextEncoder:
+        """lengths: load only these buckets (and always the full-length one): each graph holds
+        its own copy of the weights (~95 MB for MiniLM on ONNX Runtime)."""
         from emostream.export.engines import load_engine
 
         files = text_encoder_files(kind, folder)
         if not files:
             raise EngineError(f"no text encoder {SUFFIX[kind]} files in {folder}")
+        if lengths is not None:
+            keep = {f"text_encoder.L{int(n)}{SUFFIX[kind]}" for n in lengths} | {f"text_encoder{SUFFIX[kind]}"}
+            files = [f for f in files if f.name in keep]
         engines = [load_engine(kind, f, part="text_encoder", **options) for f in files]
         return cls(engines, tokenizer if tokenizer is not None else load_tokenizer(folder, engines[0].sidecar or {}))
 

@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     reused = sum(f["timings_ms"]["asr_reused"] for f in finals)
     face_ms = [f["timings_ms"]["face_ms"] for f in finals if "face_ms" in f["timings_ms"]]
     speaker_ms = [f["timings_ms"]["speaker_ms"] for f in finals]
+    text_ms = [f["timings_ms"]["text_ms"] for f in finals if "text_ms" in f["timings_ms"]]  # the text encoder
     face_events = [e for e in events if e["type"] == "face"]
     metrics = [e for e in events if e["type"] == "metrics"]
     out = {
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         "face_path": not args.no_face and bool(args.video),
         "face_in_final_p50_ms": percentile(face_ms, 50),
         "speaker_p50_ms": percentile(speaker_ms, 50),
+        "text_p50_ms": percentile(text_ms, 50),
+        "text_p95_ms": percentile(text_ms, 95),
         "finals_with_face": sum(1 for f in finals if (f.get("modalities") or {}).get("face") is not None),
         "face_events": len(face_events),
         "face_events_per_s": round(len(face_events) / (args.repeat * duration), 2),

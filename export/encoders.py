@@ -3,9 +3,11 @@ frame backbone. They cost more per utterance than the fusion model, so they expo
 
 The text encoder is exported once per static token length L ("bucket"): `text_encoder.onnx`
 has L = max_length (the feature spec's truncation, 128 by default) and `text_encoder.L<n>.onnx`
-the shorter buckets (16, 32, 64 by default). A sentence is padded to the smallest bucket that
-holds it; the encoder mean-pools over the attention mask, so the padding changes nothing but the
-cost (most utterances are short). Every graph keeps static shapes for TensorRT.
+the shorter buckets (16, 32, 64 and 96 by default). A sentence is padded to the smallest bucket that
+holds it; the encoder mean-pools over `pool_mask` (the current utterance of a context input,
+`emostream.model.features.context`; every real token of a plain sentence) within the attention
+mask, so the padding changes nothing but the cost (most utterances are short). Every graph keeps
+static shapes for TensorRT.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from emostream.model.checkpoint import LoadedCheckpoint
 logger = logging.getLogger(__name__)
 
 TEXT_MAX_LENGTH = 128
-DEFAULT_TEXT_BUCKETS: tuple[int, ...] = (8, 16, 24, 32, 64)  # conversational utterances are short
-TEXT_INPUTS: tuple[str, ...] = ("input_ids", "attention_mask")
+DEFAULT_TEXT_BUCKETS: tuple[int, ...] = (16, 32, 64, 96)  # utterances are short; with past turns ~50 tokens
+TEXT_INPUTS: tuple[str, ...] = ("input_ids", "attention_mask", "pool_mask")
 TEXT_OUTPUT = "embedding"
 BACKBONE_INPUT = "images"
 BACKBONE_OUTPUT = "features"
@@ -55,7 +57,7 @@ def export_text_encoders(
 ) -> list[Path]:
     """Export the sentence encoder for every bucket < max_length and for max_length itself.
 
-    input_ids, attention_mask (1, L) int64 -> embedding (1, Dt). `ref`, `max_length` and the L2
+    input_ids, attention_mask, pool_mask (1, L) int64 -> embedding (1, Dt). `ref`, `max_length` and the L2
     normalisation default to the checkpoint's text feature spec (weights_id, preprocessing),
     else the bundled MiniLM with L = 128.
     """
@@ -82,16 +84,18 @@ def export_text_encoders(
                         return_tensors="pt")
         ids = enc["input_ids"].to(torch.int64)  # (1, L)
         mask = enc["attention_mask"].to(torch.int64)  # (1, L)
+        pool = mask.clone()  # (1, L)
         with torch.no_grad():
-            dim = int(module(ids, mask).shape[-1])
+            dim = int(module(ids, mask, pool).shape[-1])
         inputs = [TensorSpec(n, (1, length), "int64") for n in TEXT_INPUTS]
         outputs = [TensorSpec(TEXT_OUTPUT, (1, dim), "float32")]
-        torch_export(module, (ids, mask), path, TEXT_INPUTS, [TEXT_OUTPUT], opset)
+        torch_export(module, (ids, mask, pool), path, TEXT_INPUTS, [TEXT_OUTPUT], opset)
         check_graph_io(path, inputs, outputs)
         side = base_sidecar(ckpt, "text_encoder", path, opset, inputs, outputs)
         side.update({
             "ref": str(ref), "length": length, "max_length": max_length, "buckets": lengths,
-            "normalize": normalize, "padding": "right, to `length` tokens; mean pooling over attention_mask",
+            "normalize": normalize, "context_turns": int(module.context_turns),
+            "padding": "right, to `length` tokens; mean pooling over pool_mask * attention_mask",
             "tokenizer": type(tokenizer).__name__, "tokenizer_dir": TOKENIZER_DIR,
             "pad_token_id": int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
         })

@@ -20,6 +20,7 @@ from emostream.export.engines import BucketedTextEncoder, StreamingEngine, load_
 from emostream.export.engines.base import Engine, EngineError
 from emostream.export.engines.text import text_encoder_files
 from emostream.export.sidecar import SidecarError, TensorSpec, read_sidecar
+from emostream.model.features.context import ContextInput, as_input, encode
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,9 @@ DEFAULT_SENTENCES: tuple[str, ...] = (
     "Fine.",
     "Why would you ever do something like that to me, after everything we have been through together?",
 )
+# a context input (the current utterance first, past turns most recent first): pooled over the current only
+DEFAULT_CONTEXT = ContextInput("A: Oh my God, you got the job? That's amazing!",
+                               ("B: I got the job.", "A: So? Tell me!", "B: Guess what happened today."))
 FP32_TOLERANCE = 1e-4
 FP16_TOLERANCE = 1e-2
 
@@ -119,38 +123,59 @@ def _text_module(ref: str, normalize: bool) -> tuple[Any, Any]:
     return load_text_module(ref, normalize=normalize)
 
 
-def text_encoder_parity(engine: Engine, sentences: Sequence[str] = DEFAULT_SENTENCES) -> dict[str, Any]:
-    """Max |engine - PyTorch| of the sentence embeddings for one text_encoder engine (its length L)."""
+def _parity_inputs(sentences: Sequence[str | ContextInput], pooled: bool) -> list[ContextInput]:
+    """The sentences, plus a context input where the graph pools (`pool_mask`)."""
+    items = [as_input(s) for s in sentences]
+    return items + [DEFAULT_CONTEXT] if pooled else items
+
+
+def _reference(module: Any, tokenizer: Any, item: ContextInput, max_length: int, pad_to: int | None = None) -> np.ndarray:
+    """PyTorch's embedding (1, D) of one input, unpadded or padded right to `pad_to` tokens."""
     import torch
 
+    from emostream.model.features.text import pad_batch
+
+    ids, pool = encode(tokenizer, item, max_length)
+    feeds = pad_batch([(ids, pool)], tokenizer.pad_token_id or 0)
+    if pad_to is not None and pad_to > len(ids):
+        pad_id = tokenizer.pad_token_id or 0
+        feeds = {k: torch.nn.functional.pad(v, (0, pad_to - len(ids)), value=pad_id if k == "input_ids" else 0)
+                 for k, v in feeds.items()}
+    with torch.inference_mode():
+        return module(feeds["input_ids"], feeds["attention_mask"], feeds["pool_mask"]).numpy()
+
+
+def text_encoder_parity(engine: Engine, sentences: Sequence[str] = DEFAULT_SENTENCES) -> dict[str, Any]:
+    """Max |engine - PyTorch| of the sentence embeddings for one text_encoder engine (its length L)."""
     side = engine.sidecar or {}
     if side.get("kind") != "text_encoder":
         raise SidecarError("text_encoder_parity needs a text_encoder engine with its sidecar")
     module, tokenizer = _text_module(side["ref"], bool(side.get("normalize", True)))
     length = int(side["length"])
+    pooled = "pool_mask" in engine.input_names
     worst = 0.0
-    for text in sentences:
-        enc = tokenizer([text], padding="max_length", truncation=True, max_length=length, return_tensors="np")
-        feeds = {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask")}  # (1, L)
-        with torch.inference_mode():
-            ref = module(*(torch.from_numpy(feeds[k]) for k in ("input_ids", "attention_mask"))).numpy()
+    for item in _parity_inputs(sentences, pooled):
+        ref = _reference(module, tokenizer, item, length, pad_to=length)
+        ids, pool = encode(tokenizer, item, length)
+        pad = length - len(ids)
+        feeds = {"input_ids": np.asarray([ids + [tokenizer.pad_token_id or 0] * pad], np.int64),
+                 "attention_mask": np.asarray([[1] * len(ids) + [0] * pad], np.int64)}  # (1, L)
+        if pooled:
+            feeds["pool_mask"] = np.asarray([pool + [0] * pad], np.int64)
         got = engine.infer(feeds)[engine.output_names[0]]
         worst = max(worst, float(np.abs(got - ref).max()))
     return {"length": length, "max_abs_diff": worst}
 
 
 def bucketed_text_parity(encoder: BucketedTextEncoder, sentences: Sequence[str] = DEFAULT_SENTENCES) -> float:
-    """Max |bucketed engines - PyTorch on the unpadded sentence| (what the featurizer computes)."""
-    import torch
-
+    """Max |bucketed engines - PyTorch on the unpadded input| (what the featurizer computes)."""
     side = encoder.sidecar
     module, tokenizer = _text_module(side["ref"], bool(side.get("normalize", True)))
-    got = encoder.encode(list(sentences))  # (n, D)
+    items = _parity_inputs(sentences, all(encoder.pooled))
+    got = encoder.encode(items)  # (n, D)
     worst = 0.0
-    for row, text in enumerate(sentences):
-        enc = tokenizer([text], truncation=True, max_length=encoder.max_length, return_tensors="pt")
-        with torch.inference_mode():
-            ref = module(enc["input_ids"].to(torch.int64), enc["attention_mask"].to(torch.int64)).numpy()[0]
+    for row, item in enumerate(items):
+        ref = _reference(module, tokenizer, item, encoder.max_length)[0]
         worst = max(worst, float(np.abs(got[row] - ref).max()))
     return worst
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from emostream.model.data.records import Dataset
+from emostream.model.features.context import ContextInput, dialogue_inputs, encode
 from emostream.model.fit import seed_everything
 from emostream.model.metrics import classification_report
 
@@ -37,23 +38,26 @@ class TextFinetuneConfig:
     max_length: int = 64
     weight_decay: float = 0.01
     seed: int = 0
+    context_turns: int = 0  # past turns in the encoder's input (features.context); stored in the patch
 
 
-def _utterances(dataset: Dataset) -> tuple[list[str], np.ndarray]:
-    texts, labels = [], []
+def _utterances(dataset: Dataset, turns: int) -> tuple[list[ContextInput], np.ndarray]:
+    """The labelled utterances' encoder inputs (each with its own past only) and labels."""
+    items, labels = [], []
     for d in dataset.dialogues():
-        for u in d.utterances:
+        inputs = dialogue_inputs([u.text for u in d.utterances], [u.speaker for u in d.utterances], turns)
+        for u, x in zip(d.utterances, inputs, strict=True):
             y = dataset.label_index(u.label)
             if y >= 0:
-                texts.append(u.text)
+                items.append(x)
                 labels.append(y)
-    return texts, np.asarray(labels, dtype=np.int64)
+    return items, np.asarray(labels, dtype=np.int64)
 
 
 def finetune_text_encoder(train: Dataset, dev: Dataset, base_ref: str, out: str | Path,
                           cfg: TextFinetuneConfig, progress: bool = True) -> dict[str, Any]:
     """Train, select on dev weighted F1, save the patch at `out` (.safetensors). Returns a summary."""
-    from emostream.model.features.text import load_text_module
+    from emostream.model.features.text import load_text_module, pad_batch
     from emostream.model.features.text_patch import save_patch
 
     seed_everything(cfg.seed)
@@ -72,17 +76,22 @@ def finetune_text_encoder(train: Dataset, dev: Dataset, base_ref: str, out: str 
     head = nn.Sequential(nn.Dropout(0.1), nn.Linear(module.dim, n_classes))
     opt = torch.optim.AdamW([{"params": trainable, "lr": cfg.lr}, {"params": head.parameters(), "lr": cfg.head_lr}],
                             weight_decay=cfg.weight_decay)
-    x_train, y_train = _utterances(train)
-    x_dev, y_dev = _utterances(dev)
-    lengths = np.array([len(ids) for ids in tokenizer(x_train, truncation=True, max_length=cfg.max_length)["input_ids"]])
+    enc_train, y_train = _utterances(train, cfg.context_turns)
+    enc_dev, y_dev = _utterances(dev, cfg.context_turns)
+    x_train = [encode(tokenizer, x, cfg.max_length) for x in enc_train]  # (ids, pool mask) each
+    x_dev = [encode(tokenizer, x, cfg.max_length) for x in enc_dev]
+    lengths = np.array([len(ids) for ids, _ in x_train])
     steps = cfg.epochs * math.ceil(len(x_train) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.lr, cfg.head_lr], total_steps=steps, pct_start=0.1)
 
-    def embed(texts: list[str]) -> torch.Tensor:
-        batch = tokenizer(texts, padding=True, truncation=True, max_length=cfg.max_length, return_tensors="pt")
-        return module(batch["input_ids"], batch["attention_mask"]) * math.sqrt(module.dim)  # (B, D), unit norm * sqrt(D)
+    pad_id = tokenizer.pad_token_id or 0
 
-    dev_order = np.argsort([len(t) for t in x_dev], kind="stable")
+    def embed(encoded: list[tuple[list[int], list[int]]]) -> torch.Tensor:
+        batch = pad_batch(encoded, pad_id)
+        pooled = module(batch["input_ids"], batch["attention_mask"], batch["pool_mask"])
+        return pooled * math.sqrt(module.dim)  # (B, D), unit norm * sqrt(D)
+
+    dev_order = np.argsort([len(ids) for ids, _ in x_dev], kind="stable")
 
     def dev_report() -> dict[str, Any]:
         module.eval()
@@ -130,5 +139,6 @@ def finetune_text_encoder(train: Dataset, dev: Dataset, base_ref: str, out: str 
             best_state = copy.deepcopy(encoder.state_dict())
     assert best_state is not None
     encoder.load_state_dict(best_state)
-    path = save_patch(encoder, base_state, base_ref, out)
-    return {"patch": str(path), "dev_weighted_f1": best["weighted_f1"], "history": history}
+    path = save_patch(encoder, base_state, base_ref, out, context_turns=cfg.context_turns)
+    return {"patch": str(path), "dev_weighted_f1": best["weighted_f1"], "history": history,
+            "context_turns": cfg.context_turns, "max_length": cfg.max_length}

@@ -192,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append("progress=false")
     try:
         cfg = load_config(args.config, overrides)
+        if args.out is not None and cfg.text_finetune and not any(o.startswith("text_finetune.out=") for o in overrides):
+            # a checkpoint of one's own keeps its fine-tuned encoder beside it, never over the bundled one
+            own = Path(args.out).with_name(Path(args.out).stem + "-text.safetensors")
+            cfg = dataclasses.replace(cfg, text_finetune={**cfg.text_finetune, "out": str(own)})
         summary = run(cfg)
     except (FileNotFoundError, ValueError) as e:
         sys.stderr.write(f"emostream train: {e}\n")

@@ -19,7 +19,7 @@ from emostream.realtime.session import DialogueSession, Featurizers, State
 
 logger = logging.getLogger(__name__)
 
-LIVE_TEXT_BUCKETS = (32,)  # + the full length: most utterances fit 32 tokens; each graph costs ~95 MB
+LIVE_TEXT_BUCKETS = (64,)  # + the full length: most inputs with 3 past turns fit 64 tokens; each graph costs ~95 MB
 
 
 class EngineStepModel:
@@ -146,7 +146,7 @@ def onnx_text_featurizer(checkpoint: Any, engine_dir: str | None = None) -> Any:
         logger.info("exporting the text encoder to %s (first use of this checkpoint)", folder)
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=folder, prefix=".text-export-") as tmp:
-            export_onnx(checkpoint, tmp, parts=("text_encoder",))
+            export_onnx(checkpoint, tmp, parts=("text_encoder",), text_buckets=list(LIVE_TEXT_BUCKETS))
             done = sorted(Path(tmp).iterdir(), key=lambda p: p.name == "text_encoder.onnx")  # the full length last
             for item in done:  # all or nothing: the full-length graph (moved last) marks a complete export
                 target = folder / item.name

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from emostream.model.config import MODALITIES
+from emostream.model.features.context import ContextInput, ContextWindow
 from emostream.realtime.fusion import FaceFusion, as_dict
 from emostream.realtime.types import SAMPLE_RATE, Features, Prediction, Utterance
 
@@ -44,7 +45,7 @@ class StepModel(Protocol):
         ...
 
 
-TextFeaturizer = Callable[[list[str]], np.ndarray]  # texts -> (n, Dt)
+TextFeaturizer = Callable[[list[ContextInput]], np.ndarray]  # encoder inputs -> (n, Dt); may carry `context_turns`
 AudioFeaturizer = Callable[[np.ndarray, int], np.ndarray]  # samples, rate -> (Da,)
 VisualFeaturizer = Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray]]  # BGR frames -> (F, Dv), (F,)
 
@@ -80,6 +81,8 @@ class DialogueSession:
         self.state: State = model.init_state()
         self.n_final = 0
         self._speakers: dict[str, int] = {}
+        # the past finals the text encoder sees with each utterance (the same input as in training)
+        self.text_context = ContextWindow(int(getattr(featurizers.text, "context_turns", 0)))
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -90,6 +93,7 @@ class DialogueSession:
         self.state = self.model.init_state()
         self.n_final = 0
         self._speakers.clear()
+        self.text_context.reset()
         logger.info("dialogue session reset")
 
     def speaker_slot(self, speaker: str | int) -> int:
@@ -113,8 +117,9 @@ class DialogueSession:
         if "text" in m.modalities:
             if not text.strip():
                 flags.append("no_text")
-            elif (vec := self._run("text", utterance.id, flags, timings,
-                                   lambda: _checked(self.featurizers.text([text])[0], (m.text_dim,), "text"))) is not None:
+            elif (vec := self._run("text", utterance.id, flags, timings, lambda: _checked(
+                    self.featurizers.text([self.text_context.input(utterance.speaker, text)])[0],
+                    (m.text_dim,), "text"))) is not None:
                 text_vec, present["text"] = vec, True
         if "audio" in m.modalities:
             if utterance.audio.size < self.min_audio_s * SAMPLE_RATE:
@@ -181,6 +186,8 @@ class DialogueSession:
         if final and new_state is not None:  # a failed step leaves the dialogue state as it was
             self.state = new_state
             self.n_final += 1
+        if final:  # what was said is context for the next turns, whatever the model made of it
+            self.text_context.push(utterance.speaker, text)
         n_labels = len(self.labels)
         model_probs = None if probs is None else np.asarray(probs, dtype=np.float64).reshape(-1)  # (K,)
         modalities: dict[str, dict[str, float] | None] = {

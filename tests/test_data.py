@@ -342,7 +342,10 @@ class FakeTextFeaturizer:
         self.spec = text_spec(weights_id="fake-text-length", dim=dim)
         self.calls: list[list[str]] = []
 
-    def __call__(self, texts: list[str]) -> np.ndarray:
+    def __call__(self, texts: list) -> np.ndarray:
+        from emostream.model.features.context import as_input
+
+        texts = [as_input(t).current for t in texts]
         self.calls.append(list(texts))
         return np.array([[len(t)] * self.dim for t in texts], dtype=np.float32)
 

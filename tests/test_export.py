@@ -259,7 +259,8 @@ def test_text_encoder_parity_and_static(encoders: Path) -> None:
     for name, length in (("text_encoder.onnx", 128), ("text_encoder.L16.onnx", 16)):
         side = read_sidecar(encoders / name)
         assert side["kind"] == "text_encoder" and side["length"] == length and side["max_length"] == 128
-        assert [d["shape"] for d in side["inputs"]] == [[1, length], [1, length]]
+        assert [d["name"] for d in side["inputs"]] == ["input_ids", "attention_mask", "pool_mask"]
+        assert [d["shape"] for d in side["inputs"]] == [[1, length]] * 3
         assert side["outputs"][0]["shape"] == [1, 384]
         check_tensorrt_compatible(encoders / name)
         with load_engine("onnx", encoders / name) as eng:
@@ -316,6 +317,7 @@ def test_the_live_text_encoder_runs_on_onnxruntime_and_matches_eager(engine_cach
     from emostream.export.engines.text import EngineTextFeaturizer
     from emostream.model.checkpoint import load_checkpoint
     from emostream.model.data.features import checkpoint_featurizers
+    from emostream.model.features.context import dialogue_inputs
     from emostream.realtime.runtime import build_featurizers_for
 
     monkeypatch.setenv("EMOSTREAM_CACHE", str(engine_cache))
@@ -325,9 +327,12 @@ def test_the_live_text_encoder_runs_on_onnxruntime_and_matches_eager(engine_cach
     eager = checkpoint_featurizers(ckpt)["text"]
     assert live.spec == eager.spec
     script = json.loads((Path(__file__).parent / "data" / "dialogue.json").read_text())["utterances"]
-    sentences = [u["text"] for u in script] + ["", "Wait, what?", "so " * 200]  # empty, short, truncated
+    texts = [u["text"] for u in script] + ["", "Wait, what?", "so " * 200]  # empty, short, truncated
+    speakers = [u.get("speaker", 0) for u in script] + [0, 1, 0]
+    assert live.context_turns == eager.context_turns
+    sentences = dialogue_inputs(texts, speakers, eager.context_turns)  # what a live session builds
     got, want = live(sentences), eager(sentences)
     assert got.shape == want.shape and float(np.abs(got - want).max()) < 1e-4
-    assert live.encoder.lengths == [32, 128]  # live loads two buckets (each graph holds its own weights)
+    assert live.encoder.lengths == [64, 128]  # live loads two buckets (each graph holds its own weights)
     used = {live.encoder.feeds(s)[0] for s in sentences}
     assert used == {0, 1}  # short and long inputs take different static lengths

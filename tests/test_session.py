@@ -23,9 +23,12 @@ class FakeTextFeaturizer:
         self.dim = dim
         self.fail_on = fail_on
 
-    def __call__(self, texts: list[str]) -> np.ndarray:
+    def __call__(self, texts: list) -> np.ndarray:
+        from emostream.model.features.context import as_input
+
         out = []
-        for t in texts:
+        for item in texts:
+            t = " | ".join((as_input(item).current, *as_input(item).past))
             if self.fail_on and self.fail_on in t:
                 raise RuntimeError("extractor exploded")
             rng = np.random.default_rng(abs(hash(t)) % (2**32))
@@ -161,3 +164,36 @@ def test_face_fusion_fills_modalities_and_flags_a_faceless_utterance(step_model)
     assert face.modalities["text"] == pytest.approx(no_face.modalities["text"])
     assert face.probs["b"] > no_face.probs["b"] and face.probs["a"] < no_face.probs["a"]
     assert abs(sum(face.probs.values()) - 1) < 1e-9
+
+
+class RecordingContextText(FakeTextFeaturizer):
+    """The fake text featurizer of a context encoder (2 past turns): it records its inputs."""
+
+    context_turns = 2
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim)
+        self.seen: list = []
+
+    def __call__(self, texts: list) -> np.ndarray:
+        self.seen.extend(texts)
+        return super().__call__(texts)
+
+
+def test_the_live_text_context_is_the_training_input(step_model) -> None:
+    from emostream.model.features.context import dialogue_inputs
+
+    text = RecordingContextText(step_model.text_dim)
+    s = DialogueSession(step_model, Featurizers(text=text, audio=FakeAudioFeaturizer(step_model.audio_dim)))
+    said = [(0, "I got the job!"), (1, "No way."), (0, ""), (1, "That's amazing!"), (0, "I know, right?")]
+    finals = []
+    for i, (speaker, words) in enumerate(said):
+        s.predict(utt(i, speaker), words[:4], final=False)  # an interim sees the past, and is not a turn
+        s.predict(utt(i, speaker), words, final=True)
+        finals.append(text.seen[-1] if words.strip() else None)
+    expected = dialogue_inputs([w for _, w in said], [sp for sp, _ in said], turns=2)  # what training builds
+    assert [f for f in finals if f is not None] == [e for e, (_, w) in zip(expected, said) if w.strip()]
+    assert finals[-1].past == ("B: That's amazing!", "B: No way.")
+    s.reset()
+    s.predict(utt(9, 1), "Hello?", final=True)
+    assert text.seen[-1].past == () and text.seen[-1].current == "A: Hello?"

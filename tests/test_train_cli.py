@@ -88,3 +88,33 @@ def test_evaluate_refuses_a_corrupt_checkpoint(trained: tuple[Path, Path], tmp_p
     bad.with_suffix(".json").write_text(out.with_suffix(".json").read_text())
     assert cli(["evaluate", "--dataset", "csv", "--csv", str(dev), "--checkpoint", str(bad), "--json"]) == 2
     assert "corrupt or truncated" in capsys.readouterr().err
+
+
+def test_the_meld_config_trains_a_context_encoder_on_any_csv(tmp_path: Path) -> None:
+    """`--config configs/meld_text.yaml --dataset csv`: stage 1 fine-tunes the text encoder on the
+    context input the config names, stage 2 trains on it, and the bundled files stay untouched."""
+    import hashlib
+
+    import yaml
+
+    from emostream.model.features.text_patch import read_patch_sidecar
+
+    root = Path(__file__).resolve().parents[1]
+    config = root / "configs" / "meld_text.yaml"
+    turns = int(yaml.safe_load(config.read_text())["text_finetune"].get("context_turns", 0))
+    bundled = sorted((root / "model" / "bundled").glob("*meld*"))
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in bundled}
+    train, dev = tmp_path / "train.csv", tmp_path / "dev.csv"
+    write_csv(train, 16, 0)
+    write_csv(dev, 6, 1)
+    out = tmp_path / "mine.safetensors"
+    argv = ["train", "--config", str(config), "--dataset", "csv", "--train", str(train), "--dev", str(dev),
+            "--out", str(out), "--cache", str(tmp_path / "cache"), "--column", "dialogue_id=conv",
+            "--column", "order=turn", "--column", "speaker=who", "--column", "text=utterance",
+            "--column", "label=feeling", "--epochs", "2", "--set", "text_finetune.epochs=1", "--no-progress", "--json"]
+    assert cli(argv) == 0
+    patch = tmp_path / "mine-text.safetensors"  # beside the checkpoint, not over the bundled encoder
+    assert read_patch_sidecar(patch).get("context_turns", 0) == turns
+    spec = load_checkpoint(out).feature_spec["text"]["preprocessing"]
+    assert spec.get("context_turns", 0) == turns
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in bundled} == before

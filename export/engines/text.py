@@ -18,6 +18,7 @@ import numpy as np
 
 from emostream.export.engines.base import Engine, EngineError
 from emostream.export.sidecar import SidecarError
+from emostream.model.features.context import ContextInput, as_input, encode
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class BucketedTextEncoder:
         sides = [e.sidecar or {} for e in engines]
         if any(s.get("kind") != "text_encoder" for s in sides):
             raise SidecarError("every BucketedTextEncoder engine must be a text_encoder export with its sidecar")
-        keys = ("ref", "max_length", "normalize", "feature_spec", "checkpoint_sha256")
+        keys = ("ref", "max_length", "normalize", "context_turns", "feature_spec", "checkpoint_sha256")
         if any(any(s.get(k) != sides[0].get(k) for k in keys) for s in sides[1:]):
             raise SidecarError("the text encoder buckets come from different exports (ref/max_length/spec differ)")
         order = sorted(range(len(engines)), key=lambda i: int(sides[i]["length"]))
@@ -64,6 +65,10 @@ class BucketedTextEncoder:
             raise SidecarError(f"no text encoder bucket holds max_length={self.max_length} tokens")
         self.tokenizer = tokenizer
         self.pad_id = int(self.sidecar.get("pad_token_id", 0))
+        self.context_turns = int(self.sidecar.get("context_turns", 0))
+        self.pooled = ["pool_mask" in e.input_names for e in self.engines]  # exports before context lack it
+        if self.context_turns and not all(self.pooled):
+            raise SidecarError("a context text encoder needs engines with a pool_mask input: re-export it")
         self.dim = int(self.sidecar["outputs"][0]["shape"][-1])
         self._output = self.sidecar["outputs"][0]["name"]
 
@@ -90,20 +95,23 @@ class BucketedTextEncoder:
                 return i
         return len(self.lengths) - 1
 
-    def feeds(self, text: str) -> tuple[int, dict[str, np.ndarray]]:
-        """(bucket index, {"input_ids", "attention_mask"}: (1, L) int64) for one sentence."""
-        ids = list(self.tokenizer(text or "", truncation=True, max_length=self.max_length)["input_ids"])
+    def feeds(self, text: str | ContextInput) -> tuple[int, dict[str, np.ndarray]]:
+        """(bucket index, {"input_ids", "attention_mask", "pool_mask"}: (1, L) int64) for one input."""
+        ids, pool = encode(self.tokenizer, as_input(text), self.max_length)
         i = self.bucket(len(ids))
         pad = self.lengths[i] - len(ids)
         mask = [1] * len(ids)
         if getattr(self.tokenizer, "padding_side", "right") == "left":
-            ids, mask = [self.pad_id] * pad + ids, [0] * pad + mask
+            ids, mask, pool = [self.pad_id] * pad + ids, [0] * pad + mask, [0] * pad + pool
         else:
-            ids, mask = ids + [self.pad_id] * pad, mask + [0] * pad
-        return i, {"input_ids": np.asarray([ids], np.int64), "attention_mask": np.asarray([mask], np.int64)}
+            ids, mask, pool = ids + [self.pad_id] * pad, mask + [0] * pad, pool + [0] * pad
+        feeds = {"input_ids": np.asarray([ids], np.int64), "attention_mask": np.asarray([mask], np.int64)}
+        if self.pooled[i]:
+            feeds["pool_mask"] = np.asarray([pool], np.int64)
+        return i, feeds
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """texts -> (n, D) float32."""
+    def encode(self, texts: Sequence[str | ContextInput]) -> np.ndarray:
+        """texts (or context inputs) -> (n, D) float32."""
         if isinstance(texts, str):
             raise TypeError("encode expects a list of strings, got a single str")
         out = np.zeros((len(texts), self.dim), np.float32)
@@ -138,16 +146,18 @@ class EngineTextFeaturizer:
 
         side = encoder.sidecar
         self.encoder = encoder
+        self.context_turns = encoder.context_turns
         self.spec = text_spec(weights_id=weights_id(str(side["ref"])), dim=encoder.dim,
-                              max_length=int(side["max_length"]), normalize=bool(side.get("normalize", True)))
+                              max_length=int(side["max_length"]), normalize=bool(side.get("normalize", True)),
+                              context_turns=self.context_turns)
 
     @property
     def dim(self) -> int:
         return self.encoder.dim
 
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        """texts -> (n, D) float32, one engine call per sentence (its smallest bucket)."""
-        return self.encoder.encode([t if t is not None else "" for t in texts])
+    def __call__(self, texts: list[str | ContextInput]) -> np.ndarray:
+        """texts (or context inputs) -> (n, D) float32, one engine call each (its smallest bucket)."""
+        return self.encoder.encode(texts)
 
     def close(self) -> None:
         self.encoder.close()

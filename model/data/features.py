@@ -93,7 +93,7 @@ def dataset_features(
     The cache lives in `<cache_root>/<dataset>_<split>-<hash>`, the hash covering the feature spec
     and the dataset's content, so different extractors or different files never share a cache.
     """
-    from emostream.model.data.featurize import featurize_dialogue
+    from emostream.model.data.featurize import featurize_dialogue, text_inputs
 
     modalities = usable_modalities(dataset, modalities)
     if not modalities:
@@ -107,30 +107,34 @@ def dataset_features(
     cache = FeatureCache(folder, spec_dict, dataset.labels)
     dims = {m: (getattr(spec, m) or _default(m)).dim for m in MODALITIES}
     text = featurizers.get("text")
+    turns = int(getattr(text, "context_turns", 0))
     wanted = dataset.dialogues()[:limit] if limit is not None else dataset.dialogues()
     if text is not None:  # one batched pass over every uncached sentence: far faster than per dialogue
-        todo = [u.text for d in wanted if not cache.has(d.dialogue_id) for u in d.utterances if u.text.strip()]
+        todo = [x for d in wanted if not cache.has(d.dialogue_id)
+                for u, x in zip(d.utterances, text_inputs(d, turns), strict=True) if u.text.strip()]
         text = PrecomputedText(text, todo)
     featurize = functools.partial(
         featurize_dialogue, labels=dataset.labels, text=text, audio=featurizers.get("audio"),
         visual=featurizers.get("visual"), text_dim=dims["text"], audio_dim=dims["audio"], visual_dim=dims["visual"],
-        max_frames=spec.max_frames, max_fps=spec.max_fps,
+        max_frames=spec.max_frames, max_fps=spec.max_fps, text_context_turns=turns,
     )
     extract_dataset(dataset, cache, featurize, progress=progress, limit=limit)
     return [cache.get(d.dialogue_id) for d in wanted], spec_dict
 
 
 class PrecomputedText:
-    """A text featurizer whose vectors for known sentences were computed in one batched call."""
+    """A text featurizer whose vectors for known inputs (sentences or `ContextInput`s) were
+    computed in one batched call."""
 
-    def __init__(self, featurizer: Any, texts: Sequence[str]) -> None:
+    def __init__(self, featurizer: Any, texts: Sequence[Any]) -> None:
         self.featurizer = featurizer
         self.spec = featurizer.spec
+        self.context_turns = int(getattr(featurizer, "context_turns", 0))
         unique = list(dict.fromkeys(texts))
         vectors = featurizer(unique) if unique else []
         self._known = dict(zip(unique, vectors))
 
-    def __call__(self, texts: list[str]) -> Any:
+    def __call__(self, texts: list[Any]) -> Any:
         import numpy as np
 
         missing = [t for t in texts if t not in self._known]

@@ -20,12 +20,13 @@ import numpy as np
 from emostream.model.batch import DialogueFeatures
 from emostream.model.config import MODALITIES
 from emostream.model.data.records import DialogueRecord, UtteranceRecord, label_index
+from emostream.model.features.context import ContextInput, dialogue_inputs
 from emostream.model.features.spec import FeatureError
 
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-TextFn = Callable[[list[str]], Any]  # texts -> (n, Dt)
+TextFn = Callable[[list[ContextInput]], Any]  # encoder inputs -> (n, Dt)
 AudioFn = Callable[[np.ndarray, int], Any]  # (samples, sample_rate) -> (Da,)
 VisualFn = Callable[[list[np.ndarray]], Any]  # frames -> ((F, Dv) features, (F,) mask)
 
@@ -199,6 +200,11 @@ def utterance_frames(utt: UtteranceRecord, max_frames: int = 8, max_fps: float =
 # --- features ------------------------------------------------------------------------------------
 
 
+def text_inputs(record: DialogueRecord, turns: int) -> list[ContextInput]:
+    """Each utterance's text-encoder input: itself plus up to `turns` past turns (never a future one)."""
+    return dialogue_inputs([u.text for u in record.utterances], [u.speaker for u in record.utterances], turns)
+
+
 def featurize_dialogue(
     record: DialogueRecord,
     *,
@@ -211,9 +217,11 @@ def featurize_dialogue(
     visual_dim: int = 1280,
     max_frames: int = 8,
     max_fps: float = 4.0,
+    text_context_turns: int = 0,
 ) -> DialogueFeatures:
     """One dialogue's features from the given extractors (None: that modality is absent).
 
+    text_context_turns: past turns in each utterance's text input (`text_inputs`).
     labels: the dataset's label set (a label outside it, or None, becomes -100).
     The *_dim arguments size the zeros of absent modalities and are checked against outputs.
     """
@@ -229,7 +237,8 @@ def featurize_dialogue(
     if text is not None:
         idx = [i for i, u in enumerate(utts) if u.text.strip()]
         if idx:
-            out = np.asarray(text([utts[i].text for i in idx]), dtype=np.float32)
+            inputs = text_inputs(record, text_context_turns)
+            out = np.asarray(text([inputs[i] for i in idx]), dtype=np.float32)
             if out.shape != (len(idx), text_dim):
                 raise ValueError(f"text featurizer gave shape {out.shape}, expected {(len(idx), text_dim)}")
             feats_text[idx] = out

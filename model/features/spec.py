@@ -244,14 +244,20 @@ def check_compatible(expected: FeatureSpec, actual: FeatureSpec, modalities: Ite
 
 
 def text_spec(
-    weights_id: str = "all-MiniLM-L6-v2", dim: int = 384, max_length: int = 128, normalize: bool = True
+    weights_id: str = "all-MiniLM-L6-v2", dim: int = 384, max_length: int = 128, normalize: bool = True,
+    context_turns: int = 0,
 ) -> ModalitySpec:
+    """context_turns > 0 adds the context input's settings (`features.context`); 0 is the plain
+    sentence vector, spec unchanged from before context existed."""
+    from emostream.model.features.context import context_preprocessing
+
     return ModalitySpec(
         name="hf-encoder-mean-pool",
         dim=dim,
         version=TEXT_VERSION,
         weights_id=weights_id,
-        preprocessing={"max_length": max_length, "pooling": "mean", "normalize": normalize},
+        preprocessing={"max_length": max_length, "pooling": "mean", "normalize": normalize,
+                       **context_preprocessing(context_turns)},
     )
 
 

@@ -52,8 +52,12 @@ def read_patch_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def save_patch(encoder: nn.Module, base: nn.Module | dict[str, torch.Tensor], base_ref: str,
-               path: str | os.PathLike[str], dtype: torch.dtype = torch.float16) -> Path:
-    """Store the tensors of `encoder` that differ from `base` (a module or its state dict)."""
+               path: str | os.PathLike[str], dtype: torch.dtype = torch.float16, context_turns: int = 0) -> Path:
+    """Store the tensors of `encoder` that differ from `base` (a module or its state dict).
+
+    context_turns: the past turns of the input it was tuned on (`features.context`), recorded in
+    the sidecar so that every loader builds the same input.
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -69,6 +73,8 @@ def save_patch(encoder: nn.Module, base: nn.Module | dict[str, torch.Tensor], ba
     save_file(changed, str(path))
     side = {"format": PATCH_FORMAT, "version": PATCH_VERSION, "base": base_ref, "dtype": str(dtype).replace("torch.", ""),
             "tensors": sorted(changed), "sha256": _sha256(path)}
+    if context_turns:
+        side["context_turns"] = int(context_turns)
     path.with_suffix(".json").write_text(json.dumps(side, indent=1))
     return path
 

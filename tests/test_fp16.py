@@ -24,8 +24,9 @@ from emostream.export.fp16 import (
 from emostream.export.onnx import export_onnx
 from emostream.export.sidecar import read_sidecar, sidecar_path
 from emostream.export.trt_ops import check_tensorrt_compatible, load_operator_table
-from emostream.export.verify import DEFAULT_SENTENCES, _text_module, compare_step_engines
+from emostream.export.verify import DEFAULT_CONTEXT, DEFAULT_SENTENCES, _text_module, compare_step_engines
 from emostream.model.checkpoint import default_checkpoint_path, load_checkpoint
+from emostream.model.features.context import as_input, encode
 
 F32, F16 = TensorProto.FLOAT, TensorProto.FLOAT16
 
@@ -185,10 +186,13 @@ def test_text_encoders_float16_match_float32(exports: tuple[Path, Path]) -> None
         side = read_sidecar(src / name)
         _, tokenizer = _text_module(side["ref"], bool(side.get("normalize", True)))
         with OnnxEngine(dst / name, device="cpu") as half, OnnxEngine(src / name, device="cpu") as full:
-            for text in DEFAULT_SENTENCES:
-                enc = tokenizer([text], padding="max_length", truncation=True, max_length=int(side["length"]),
-                                return_tensors="np")
-                feeds = {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask")}
+            length = int(side["length"])
+            for text in [*DEFAULT_SENTENCES, DEFAULT_CONTEXT]:
+                ids, pool = encode(tokenizer, as_input(text), length)
+                pad = length - len(ids)
+                feeds = {"input_ids": np.asarray([ids + [tokenizer.pad_token_id or 0] * pad], np.int64),
+                         "attention_mask": np.asarray([[1] * len(ids) + [0] * pad], np.int64),
+                         "pool_mask": np.asarray([pool + [0] * pad], np.int64)}  # (1, L) each
                 got, want = half.infer(feeds)["embedding"], full.infer(feeds)["embedding"]
                 cosine = float((got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want))
                 # measured: max |diff| 1.0e-4 (embeddings up to ~0.15), cosine > 0.99999

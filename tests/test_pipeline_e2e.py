@@ -77,11 +77,10 @@ def test_utterance_events_bracket_each_final(events: list[dict]) -> None:
 
 # The fixture's lines whose emotion is unambiguous from the words (the others, "I'm really sorry. I
 # never wanted to hurt you." and "You always say that, and nothing ever changes.", could be sadness,
-# anger or neutral). Line 4 is joy or surprise. Line 0 is unambiguous anger, but the bundled
-# text-only checkpoint reads "you lied to me again" as sadness (0.41 vs 0.31 anger): a known miss,
-# listed so that the test fails both when another line goes wrong and when this one is fixed.
+# anger or neutral). Line 4 is joy or surprise. Line 0 ("you lied to me again") was read as sadness
+# by the checkpoint before issue 12 (the encoder saw no past turns); the bundled one gets it right.
 EXPECTED = {0: {"anger"}, 3: {"sadness"}, 4: {"joy", "surprise"}, 5: {"joy"}}
-KNOWN_MISSES = {0}
+KNOWN_MISSES: set[int] = set()
 
 
 def test_unambiguous_lines_get_their_emotion(events: list[dict]) -> None:

@@ -85,3 +85,14 @@ def test_context_changes_the_vector_through_attention_only(tokenizer) -> None:
         whole = feat.module(batch["input_ids"], batch["attention_mask"], batch["pool_mask"]).numpy()[0]
     assert np.abs(whole - happy).max() > 1e-3
     assert np.allclose(np.linalg.norm([alone, happy, sad], axis=1), 1.0, atol=1e-5)
+
+
+def test_a_checkpoint_refuses_an_encoder_built_for_another_context() -> None:
+    from emostream.model.features.spec import FeatureSpec, FeatureSpecMismatch, check_compatible, text_spec
+
+    assert text_spec(context_turns=0) == text_spec()  # the plain sentence vector: spec as before context
+    trained = FeatureSpec(text=text_spec(context_turns=4))
+    check_compatible(trained, FeatureSpec(text=text_spec(context_turns=4)), ["text"])
+    for other in (text_spec(), text_spec(context_turns=2)):
+        with pytest.raises(FeatureSpecMismatch, match="context_turns|pooling"):
+            check_compatible(trained, FeatureSpec(text=other), ["text"])

@@ -1,0 +1,145 @@
+"""Real-speech conversation fixtures (`tests/data/conversations/`): list and load them.
+
+    from tests.conversations import CallUnavailable, load, names
+
+    for name in names(kind="spliced", split="tune"):
+        conv = load(name)  # conv.audio: float32 (n,) at 16 kHz; conv.turns: reference speaker turns
+
+Kinds: "recorded" (real meeting excerpts and a phone call; turns from human RTTM annotation) and
+"spliced" (real single-speaker pieces laid out as a conversation; turns exact by construction).
+Splits: "tune" fixtures and "heldout" fixtures share no speaker. See tests/data/README.md and
+tests/data/make_conversations.py.
+
+The `call` fixture is only a reference: its audio is read from the installed pyannote-audio wheel
+(`pip install --no-deps pyannote-audio==4.0.7`, found without importing pyannote.audio) and
+`load("call")` raises `CallUnavailable` when it is missing or not the expected file, so a test can
+`pytest.skip(str(err))`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+DATA = Path(__file__).resolve().parent / "data" / "conversations"
+SAMPLE_RATE = 16_000
+INSTALL_HINT = "pip install --no-deps pyannote-audio==4.0.7"
+
+
+class CallUnavailable(RuntimeError):
+    """A fixture's audio lives in a package that is not installed (or is not the expected file)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    speaker: str
+    start_s: float
+    end_s: float
+    backchannel: bool = False
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+
+@dataclass(frozen=True, eq=False)
+class Conversation:
+    """One fixture: read-only float32 mono audio and its reference."""
+
+    name: str
+    audio: np.ndarray  # float32 (n,), in [-1, 1)
+    sample_rate: int
+    turns: tuple[Turn, ...]  # sorted by start
+    overlaps: tuple[tuple[float, float], ...]  # where >= 2 speakers talk
+    speakers: Mapping[str, Mapping[str, str]]  # id -> {"gender": "F"|"M"|"?", "source": ...}
+    split: str  # "tune" | "heldout"
+    kind: str  # "recorded" | "spliced"
+
+    @property
+    def duration_s(self) -> float:
+        return self.audio.size / self.sample_rate
+
+
+def names(kind: str | None = None, split: str | None = None) -> list[str]:
+    """Fixture names (sorted), optionally only of one kind and/or split."""
+    out = []
+    for path in sorted(DATA.glob("*.json")):
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        if (kind is None or meta["kind"] == kind) and (split is None or meta["split"] == split):
+            out.append(meta["name"])
+    return out
+
+
+def metadata(name: str) -> dict[str, Any]:
+    """The fixture's JSON as it is (provenance, notes and, for spliced ones, the pieces)."""
+    path = DATA / f"{name}.json"
+    if not path.is_file():
+        raise KeyError(f"no conversation fixture {name!r} (have: {', '.join(names())})")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load(name: str) -> Conversation:
+    """Decode a fixture's audio and reference; CallUnavailable if its audio package is missing."""
+    meta = metadata(name)
+    source = meta["audio"]
+    path = DATA / source if isinstance(source, str) else installed_file(source)
+    audio = decode(path)
+    audio.flags.writeable = False
+    return Conversation(
+        name=meta["name"],
+        audio=audio,
+        sample_rate=SAMPLE_RATE,
+        turns=tuple(Turn(t["speaker"], t["start_s"], t["end_s"], t["backchannel"]) for t in meta["turns"]),
+        overlaps=tuple((a, b) for a, b in meta["overlaps"]),
+        speakers=MappingProxyType({k: MappingProxyType(dict(v)) for k, v in meta["speakers"].items()}),
+        split=meta["split"],
+        kind=meta["kind"],
+    )
+
+
+def installed_file(ref: Mapping[str, str]) -> Path:
+    """A file inside an installed package, by its path in site-packages, checked by sha256.
+
+    Found with importlib's search locations of the top-level (namespace) package, so nothing of
+    the package is imported.
+    """
+    rel = ref["path"]
+    hint = f"{ref['package']} {ref['version']} is needed for this fixture: {INSTALL_HINT}"
+    spec = importlib.util.find_spec(rel.split("/", 1)[0])
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        path = Path(location).parent / rel
+        if path.is_file():
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            if digest != ref["sha256"]:
+                raise CallUnavailable(f"{path} has sha256 {digest}, expected {ref['sha256']}; {hint}")
+            return path
+    raise CallUnavailable(f"{rel} not found in any installed package; {hint}")
+
+
+def decode(path: Path) -> np.ndarray:
+    """Any audio file PyAV reads -> float32 mono at 16 kHz (16-bit PCM/FLAC is decoded exactly)."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        exact = stream.rate == SAMPLE_RATE and stream.channels == 1 and stream.format.name in ("s16", "s16p")
+        if exact:
+            pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(stream)])
+            return pcm.astype(np.float32) / np.float32(32768.0)
+        logger.info("resampling %s (%d Hz x%d) to 16 kHz mono", path, stream.rate, stream.channels)
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        chunks = [out.to_ndarray().reshape(-1) for f in container.decode(stream) for out in resampler.resample(f)]
+        chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
+        return np.concatenate(chunks).astype(np.float32)

@@ -1,4 +1,6 @@
-"""Synthesise the three-voice speaker fixture with espeak-ng: `speakers3.wav` + `speakers3.json`.
+"""Synthesise the three-voice speaker fixtures with espeak-ng: `speakers3.wav` + `speakers3.json`,
+and a held-out twin `speakers3_heldout.wav` + `.json` (other voices, script, order and gaps; no
+threshold was ever chosen on it).
 
 Three espeak-ng voices take 12 turns in an irregular order (not strict alternation), and each
 voice's pitch moves by several semitones from line to line (espeak `-p` from 20 to 80), so a
@@ -9,7 +11,7 @@ A faint seeded noise floor (-66 dBFS) is added afterwards. 16 kHz mono int16, ab
 
 Needs the `espeak-ng` binary (`apt-get install espeak-ng`), numpy and scipy. Usage:
 
-    python tests/data/make_speakers.py [--out-dir tests/data]
+    python tests/data/make_speakers.py [--out-dir tests/data] [--heldout]
 
 The committed files were made with eSpeak NG 1.51; other versions give slightly different audio,
 so regenerate both files together.
@@ -49,6 +51,24 @@ SCRIPT: tuple[tuple[str, int, str], ...] = (
     ("B", 20, "I will call the technician right after this meeting."),
 )
 GAPS_S = (0.4, 0.6, 0.5, 0.7, 0.4, 0.8, 0.5, 0.6, 0.4, 0.7, 0.5, 0.6)  # silence before each line
+# The held-out twin: three other voices (a second US male variant, a US female, a Scottish male),
+# pitch again moving over 20..80 per speaker, turns in another irregular order, shorter gaps.
+HELDOUT_VOICES = {"A": "en-us+m2", "B": "en-us+f4", "C": "en-gb-scotland"}
+HELDOUT_SCRIPT: tuple[tuple[str, int, str], ...] = (
+    ("B", 60, "Did anyone check the weather for the trip on Saturday?"),
+    ("C", 20, "It looks like rain in the morning and sun after lunch."),
+    ("C", 70, "So we could leave a little later than planned."),
+    ("A", 40, "That works for me. I still have to pack the tent."),
+    ("B", 25, "Do not forget the cooking stove this time, please."),
+    ("A", 80, "I will put it in the car tonight, I promise."),
+    ("C", 45, "Who is bringing the food and the drinks?"),
+    ("B", 80, "I can do the shopping on Friday evening after work."),
+    ("A", 20, "Great. Then I will drive and pick everyone up at nine."),
+    ("C", 60, "Nine is perfect. I will be ready at the door."),
+    ("B", 40, "Let us meet at my place, it is on the way anyway."),
+    ("A", 55, "Fine, see you all on Saturday then."),
+)
+HELDOUT_GAPS_S = (0.3, 0.5, 0.9, 0.35, 0.45, 0.3, 0.6, 0.4, 0.5, 0.35, 0.45, 0.3)
 SPEED = 180
 TRAILING_SILENCE_S = 0.5
 SILENCE_LEVEL = 1e-3  # |x| below this (-60 dBFS) counts as digital silence when trimming
@@ -77,18 +97,19 @@ def trim(audio: np.ndarray, level: float = SILENCE_LEVEL) -> np.ndarray:
     return audio[loud[0] : loud[-1] + 1]
 
 
-def build(seed: int = 0) -> tuple[np.ndarray, list[dict[str, object]]]:
+def build(seed: int = 0, heldout: bool = False) -> tuple[np.ndarray, list[dict[str, object]]]:
+    voices, script, gaps = (HELDOUT_VOICES, HELDOUT_SCRIPT, HELDOUT_GAPS_S) if heldout else (VOICES, SCRIPT, GAPS_S)
     pieces: list[np.ndarray] = []
     meta: list[dict[str, object]] = []
     pos = 0
-    for i, ((speaker, pitch, text), gap_s) in enumerate(zip(SCRIPT, GAPS_S, strict=True)):
+    for i, ((speaker, pitch, text), gap_s) in enumerate(zip(script, gaps, strict=True)):
         silence = np.zeros(round(gap_s * SAMPLE_RATE), dtype=np.float32)
-        speech = trim(synthesise(text, VOICES[speaker], pitch))
+        speech = trim(synthesise(text, voices[speaker], pitch))
         speech *= 0.5 / float(np.max(np.abs(speech)))  # peak -6 dBFS
         pieces += [silence, speech]
         start = pos + silence.size
         pos = start + speech.size
-        meta.append({"index": i, "speaker": speaker, "voice": VOICES[speaker], "pitch": pitch, "text": text,
+        meta.append({"index": i, "speaker": speaker, "voice": voices[speaker], "pitch": pitch, "text": text,
                      "start_s": start / SAMPLE_RATE, "end_s": pos / SAMPLE_RATE})
     pieces.append(np.zeros(round(TRAILING_SILENCE_S * SAMPLE_RATE), dtype=np.float32))
     audio = np.concatenate(pieces)
@@ -110,18 +131,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--heldout", action="store_true", help="the held-out twin (speakers3_heldout.*)")
     args = parser.parse_args(argv)
-    audio, meta = build(args.seed)
+    audio, meta = build(args.seed, heldout=args.heldout)
+    stem = "speakers3_heldout" if args.heldout else "speakers3"
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    write_wav(args.out_dir / "speakers3.wav", audio)
+    write_wav(args.out_dir / f"{stem}.wav", audio)
     doc = {
         "sample_rate": SAMPLE_RATE,
         "duration_s": audio.size / SAMPLE_RATE,
-        "generator": "tests/data/make_speakers.py (espeak-ng)",
-        "speakers": {name: {"voice": voice} for name, voice in VOICES.items()},
+        "generator": "tests/data/make_speakers.py" + (" --heldout" if args.heldout else "") + " (espeak-ng)",
+        "speakers": {name: {"voice": voice} for name, voice in (HELDOUT_VOICES if args.heldout else VOICES).items()},
         "lines": meta,
     }
-    (args.out_dir / "speakers3.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (args.out_dir / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
     return 0
 
 

@@ -66,7 +66,10 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine-dir", help="folder of exported engines (default: export on first use)")
     p.add_argument("--asr", default="whisper-tiny.en", help="ASR model: whisper-tiny.en, whisper-base or a path")
     p.add_argument("--no-interim", action="store_true", help="final predictions only")
-    p.add_argument("--end-silence-ms", type=int, default=300, help="silence that ends an utterance")
+    p.add_argument("--endpoint", default="turn", choices=("turn", "silence"),
+                   help="what ends an utterance: turn = the end-of-turn model at pauses and speaker changes inside "
+                        "speech (default); silence = every pause of --end-silence-ms")
+    p.add_argument("--end-silence-ms", type=int, default=300, help="silence that ends an utterance (--endpoint silence)")
     p.add_argument("--speakers", default="voice", choices=("voice", "pitch", "single"),
                    help="speaker tracking: voice embeddings (default), median pitch, or one speaker")
     p.add_argument("--face-expert", default="fer-mini-xception",
@@ -84,7 +87,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, **extra: Any) -> PipelineConfig:
-    seg = SegmenterConfig(end_silence_ms=args.end_silence_ms)
+    seg = SegmenterConfig(end_silence_ms=args.end_silence_ms, endpoint=args.endpoint)
     return PipelineConfig(
         media=str(args.media) if getattr(args, "media", None) else None,
         checkpoint=args.checkpoint, engine=args.engine, engine_dir=args.engine_dir, asr_model=args.asr,

@@ -18,7 +18,7 @@ class PipelineConfig:
     engine: str = "onnx"  # torch | onnx | tensorrt
     engine_dir: str | None = None  # exported engines (default: export the checkpoint on first use)
     asr_model: str = "whisper-tiny.en"
-    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    segmenter: SegmenterConfig = field(default_factory=lambda: SegmenterConfig(endpoint="turn"))  # turn | silence
     interim: bool = True
     interim_interval_s: float = 1.0
     interim_window_s: float = 6.0  # an interim transcribes at most this much of the utterance's end

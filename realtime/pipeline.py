@@ -74,7 +74,8 @@ class Pipeline:
         t0 = time.monotonic_ns()
         faces: FaceTracker | None = parts.get("faces")
         self.worker = Worker(session, Segmenter(self.config.segmenter), parts["transcriber"], self.frames,
-                             self.on_event, self.config, t0, faces=faces, speakers=parts.get("speakers"))
+                             self.on_event, self.config, t0, faces=faces, speakers=parts.get("speakers"),
+                             turn_model=parts.get("turn_model"))
         self.audio_q.on_drop = self.worker.chunk_lost  # a dropped chunk flags its utterance audio_dropped
         self.modalities = tuple(session.model.modalities)
         wants_video = "visual" in self.modalities or faces is not None

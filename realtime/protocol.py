@@ -40,6 +40,10 @@ ERROR_CODES: tuple[str, ...] = (
     "internal",  # the server failed handling an otherwise valid message
 )
 STATUS_LEVELS: tuple[str, ...] = ("info", "warning", "error")
+END_REASONS: tuple[str, ...] = ("silence", "turn_complete", "speaker_change", "max_length")
+"""Why an utterance ended (optional `end_reason` of a final prediction and of `utterance` end events):
+a long pause, a pause after a turn the end-of-turn model judged complete, another voice taking over
+inside speech, or the length cap."""
 
 JsonDict = dict[str, Any]
 
@@ -273,10 +277,24 @@ def hello(
     return msg
 
 
+def _turn_end(end_reason: str | None, overlap: bool | None) -> JsonDict:
+    """The optional end-of-turn fields (absent when None)."""
+    out: JsonDict = {}
+    if end_reason is not None:
+        if end_reason not in END_REASONS:
+            raise ValueError(f"end_reason must be one of {END_REASONS}, got {end_reason!r}")
+        out["end_reason"] = end_reason
+    if overlap is not None:
+        out["overlap"] = bool(overlap)
+    return out
+
+
 def utterance(
-    *, event: Literal["start", "end"], utterance_id: int | str, speaker: int | str, t_ms: float
+    *, event: Literal["start", "end"], utterance_id: int | str, speaker: int | str, t_ms: float,
+    end_reason: str | None = None, overlap: bool | None = None,
 ) -> JsonDict:
-    """Voice activity: an utterance started or ended at `t_ms` (stream time)."""
+    """Voice activity: an utterance started or ended at `t_ms` (stream time). An end may say why it
+    ended (`end_reason`, one of END_REASONS) and whether another voice was heard during it (`overlap`)."""
     if event not in ("start", "end"):
         raise ValueError(f"event must be 'start' or 'end', got {event!r}")
     return {
@@ -286,6 +304,7 @@ def utterance(
         "utterance_id": _uid(utterance_id),
         "speaker": _speaker(speaker),
         "t_ms": _ms(t_ms, "t_ms"),
+        **_turn_end(end_reason, overlap),
     }
 
 
@@ -319,8 +338,13 @@ def prediction(
     flags: Iterable[str] = (),
     timings_ms: Mapping[str, float] | None = None,
     modalities: Mapping[str, Mapping[str, float] | None] | None = None,
+    end_reason: str | None = None,
+    overlap: bool | None = None,
 ) -> JsonDict:
     """An interim (`final=False`, while the utterance goes on) or final emotion prediction.
+
+    A final may say why its utterance ended (`end_reason`, one of END_REASONS) and whether another
+    voice was heard during it (`overlap`: the utterance went to its dominant speaker).
 
     `label` defaults to the arg-max of `probs` and `confidence` to its probability. `probs` is the
     fused distribution; `modalities` (optional) holds each modality's own distribution over the
@@ -351,6 +375,7 @@ def prediction(
         **({"timings_ms": {str(k): round(_num(v, k), 3) for k, v in timings_ms.items()}} if timings_ms else {}),
         **({"modalities": {str(m): _distribution(d, clean, m) for m, d in modalities.items()}}
            if modalities is not None else {}),
+        **_turn_end(end_reason, overlap),
     }
 
 
@@ -393,7 +418,8 @@ def face(
     }
 
 
-def prediction_from(pred: Any, *, t0_ns: int, now_ns: int | None = None) -> JsonDict:
+def prediction_from(pred: Any, *, t0_ns: int, now_ns: int | None = None, end_reason: str | None = None,
+                    overlap: bool | None = None) -> JsonDict:
     """Message for an `emostream.realtime.types.Prediction` (duck-typed: no import here).
 
     Times become milliseconds since `t0_ns` (the stream start, monotonic clock); `latency_ms` is
@@ -413,6 +439,8 @@ def prediction_from(pred: Any, *, t0_ns: int, now_ns: int | None = None) -> Json
         flags=pred.flags,
         timings_ms=pred.timings_ms,
         modalities=getattr(pred, "modalities", None),
+        end_reason=end_reason,
+        overlap=overlap,
     )
 
 
@@ -496,6 +524,13 @@ _NAME_INT = {"type": "object", "additionalProperties": {"type": "integer", "mini
 _NAME_NUM = {"type": "object", "additionalProperties": {"type": "number"}}
 _PROBS = {"type": "object", "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1}, "minProperties": 1}
 _BOX = {"type": ["array", "null"], "items": {"type": "integer"}, "minItems": 4, "maxItems": 4}
+_END_REASON = {"enum": list(END_REASONS),
+               "description": "optional (finals, end events): why the utterance ended: silence (a long pause), "
+                              "turn_complete (a pause after a turn judged complete), speaker_change (another "
+                              "voice took over inside speech), max_length (the length cap)"}
+_OVERLAP = {"type": "boolean",
+            "description": "optional (finals, end events): another voice was heard during the utterance; it went "
+                           "to its dominant speaker"}
 
 
 def _schema(kind: str, description: str, props: dict[str, Any], required: Iterable[str]) -> JsonDict:
@@ -542,7 +577,8 @@ SCHEMAS: dict[str, JsonDict] = {
     "utterance": _schema(
         "utterance",
         "Server -> client: an utterance started or ended (voice activity).",
-        {"event": {"enum": ["start", "end"]}, "utterance_id": _UID, "speaker": _SPEAKER, "t_ms": _MS},
+        {"event": {"enum": ["start", "end"]}, "utterance_id": _UID, "speaker": _SPEAKER, "t_ms": _MS,
+         "end_reason": _END_REASON, "overlap": _OVERLAP},
         ["event", "utterance_id", "speaker", "t_ms"],
     ),
     "transcript": _schema(
@@ -572,6 +608,8 @@ SCHEMAS: dict[str, JsonDict] = {
                 "description": "optional: each modality's own distribution over the labels, null if it saw nothing",
                 "additionalProperties": {"oneOf": [_PROBS, {"type": "null"}]},
             },
+            "end_reason": _END_REASON,
+            "overlap": _OVERLAP,
         },
         ["final", "utterance_id", "speaker", "text", "label", "confidence", "probs", "t_start_ms", "t_end_ms",
          "latency_ms", "flags"],

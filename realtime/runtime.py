@@ -208,7 +208,7 @@ def build_face_detector(name: str) -> Any:
 class SharedModels:
     """The heavy parts, loaded once per process and shared by every dialogue: the checkpoint's
     step engine and feature extractors, ASR, the face detector + expert, the fusion rule. (The
-    speaker embedder is shared through `VoiceEmbedder.shared()`.) All are stateless across calls:
+    speaker embedder is shared through `shared_embedder()`.) All are stateless across calls:
     a dialogue's state lives in its own `dialogue_parts()`."""
 
     config: Any
@@ -218,6 +218,7 @@ class SharedModels:
     transcriber: Any
     face_analyzer: Any = None
     face_fusion: Any = None
+    turn_model: Any = None  # P(turn complete) of a pause (endpoint "turn"), else None
 
     def dialogue_parts(self) -> dict[str, Any]:
         """A new dialogue's own parts: {"session", "faces", "speakers"} (+ the shared "transcriber")."""
@@ -230,6 +231,7 @@ class SharedModels:
             "faces": faces,
             "speakers": SpeakerTracker(self.model.n_parties, self.config.speaker_mode),
             "transcriber": self.transcriber,
+            "turn_model": self.turn_model,
             "checkpoint": self.checkpoint,
         }
 
@@ -242,8 +244,13 @@ def load_shared_models(config: Any) -> SharedModels:
     checkpoint = load_checkpoint(config.checkpoint)
     model = load_step_model(checkpoint, config.engine, config.engine_dir)
     analyzer, fusion = build_face_path(config, model.labels, model.modalities)
+    turn_model = None
+    if config.segmenter.endpoint == "turn":
+        from emostream.realtime.turn_model import SmartTurn
+
+        turn_model = SmartTurn.shared()
     shared = SharedModels(config, checkpoint, model, build_featurizers_for(checkpoint, config.engine, config.engine_dir),
-                          Transcriber(AsrConfig(model=config.asr_model)), analyzer, fusion)
+                          Transcriber(AsrConfig(model=config.asr_model)), analyzer, fusion, turn_model)
     logger.info("model %s on %s (%s); labels %s; speakers by %s", model.name, config.engine,
                 ",".join(model.modalities), ",".join(model.labels), config.speaker_mode)
     return shared

@@ -14,6 +14,14 @@ Decisions, per window with speech probability p:
   audio); if speech resumes, `SpeechResumed` cancels it. After end_silence_ms of silence the
   utterance ends: `SpeechEnd` with the audio from speech start - pad_start_ms to speech end +
   pad_end_ms.
+- end of turn (`endpoint="turn"`): at pending_silence_ms the driver asks an end-of-turn model whether
+  the turn is complete and tells the segmenter (`set_turn_probability`). A complete turn ends after
+  turn_silence_ms of silence; an incomplete one (or one not yet judged) waits up to
+  incomplete_silence_ms. With `endpoint="silence"` every pause of end_silence_ms ends the utterance.
+- a speaker change inside speech: the driver calls `split_at(sample)`; the open utterance ends there
+  and the next one starts there, already confirmed (no silence between them is needed).
+- every `SpeechEnd` says why it ended (`reason`): "silence", "turn_complete", "speaker_change" or
+  "max_length".
 - an utterance that would grow past max_utterance_s is split (`SpeechEnd(forced=True)`, audio never
   longer than max_utterance_s): at the silence in progress if there is one (the segment then ends
   there), else at the last pause of at least split_silence_ms inside it, else right there. In the
@@ -28,6 +36,7 @@ clock drift).
 from __future__ import annotations
 
 import bisect
+import collections
 import functools
 import importlib.util
 import logging
@@ -42,8 +51,14 @@ from emostream.realtime.types import SAMPLE_RATE, Utterance, VideoFrame, samples
 logger = logging.getLogger(__name__)
 
 WINDOW = 512  # new samples per model call (32 ms at 16 kHz)
+ENDPOINTS = ("turn", "silence")
+END_REASONS = ("silence", "turn_complete", "speaker_change", "max_length")
+"""Why an utterance ended: a pause (endpoint "silence", a turn judged incomplete that reached its cap,
+or the end of the stream), a pause after a turn judged complete, a speaker change found inside speech,
+or the length cap."""
 CONTEXT = 64  # samples of the previous window prepended to each window
 STATE_SHAPE = (1, 1, 128)
+PROB_HISTORY = 1024  # windows of speech probability kept (~33 s) for locating a speaker change
 
 VadModel = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 """(windows (n, 576), h, c) -> (probs (n,), h, c): what SileroVad is; tests pass scripted stand-ins."""
@@ -106,8 +121,12 @@ class SegmenterConfig:
     start_threshold: float = 0.5  # p at or above it starts speech / ends a silence
     end_threshold: float = 0.35  # p below it starts a silence
     min_speech_ms: int = 250  # shorter segments are dropped
-    end_silence_ms: int = 300  # silence that ends an utterance
-    pending_silence_ms: int = 160  # silence after which EndpointPending is emitted (<= end_silence_ms)
+    end_silence_ms: int = 300  # silence that ends an utterance (endpoint "silence")
+    pending_silence_ms: int = 160  # silence after which EndpointPending is emitted (<= every end silence)
+    endpoint: str = "silence"  # "silence": pauses alone end utterances; "turn": the end-of-turn model decides
+    turn_silence_ms: int = 200  # endpoint "turn": silence that ends a turn judged complete
+    incomplete_silence_ms: int = 1500  # endpoint "turn": silence that ends a turn judged incomplete (the cap)
+    turn_threshold: float = 0.5  # P(turn complete) at or above it: complete
     pad_start_ms: int = 100  # audio kept before the detected speech start
     pad_end_ms: int = 100  # audio kept after the detected speech end (<= end_silence_ms)
     max_utterance_s: float = 15.0  # forced split at this length (padded audio)
@@ -124,13 +143,26 @@ class SegmenterConfig:
             raise ValueError("durations must be >= 0")
         if self.end_silence_ms <= 0:
             raise ValueError("end_silence_ms must be > 0")
-        if self.pad_end_ms > self.end_silence_ms or self.pending_silence_ms > self.end_silence_ms:
-            raise ValueError("pad_end_ms and pending_silence_ms must not exceed end_silence_ms")
+        if self.endpoint not in ENDPOINTS:
+            raise ValueError(f"endpoint must be one of {ENDPOINTS}, got {self.endpoint!r}")
+        if not 0.0 < self.turn_threshold < 1.0:
+            raise ValueError("turn_threshold must be in (0, 1)")
+        if self.turn_silence_ms > self.incomplete_silence_ms:
+            raise ValueError("turn_silence_ms must not exceed incomplete_silence_ms")
+        shortest = min(self.end_silences())
+        if self.pad_end_ms > shortest or self.pending_silence_ms > shortest:
+            raise ValueError("pad_end_ms and pending_silence_ms must not exceed the silence that ends an utterance")
         if self.max_utterance_s * 1000 < self.min_speech_ms + self.pad_start_ms + self.pad_end_ms + 2 * WINDOW / 16:
             raise ValueError("max_utterance_s is too short for min_speech_ms and the padding")
 
     def samples(self, ms: float) -> int:
         return int(round(ms * self.sample_rate / 1000))
+
+    def end_silences(self) -> tuple[int, ...]:
+        """The silences (ms) after which an utterance can end in this endpoint mode."""
+        if self.endpoint == "turn":
+            return (self.turn_silence_ms, self.incomplete_silence_ms)
+        return (self.end_silence_ms,)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -174,7 +206,8 @@ class SpeechEnd:
 
     audio: (n,) float32, samples [start_sample, end_sample) of the stream, padding included;
     t_start_ns/t_end_ns bound it. speech_*: the detected speech without padding. forced: cut at
-    max_utterance_s (or by flush() while speech was still going on), not by silence.
+    max_utterance_s (or by flush() while speech was still going on), not by silence. reason: one of
+    END_REASONS.
     """
 
     segment: int
@@ -188,6 +221,7 @@ class SpeechEnd:
     speech_start_ns: int
     speech_end_ns: int
     forced: bool = False
+    reason: str = "silence"  # one of END_REASONS
 
     def to_utterance(self, utterance_id: int, frames: tuple[VideoFrame, ...] = (), speaker: int = 0) -> Utterance:
         """The pipeline-level Utterance of this segment (its padded audio and times)."""
@@ -247,6 +281,8 @@ class Segmenter:
         c = self.config
         self._min_speech = c.samples(c.min_speech_ms)
         self._end_silence = c.samples(c.end_silence_ms)
+        self._turn_silence = c.samples(c.turn_silence_ms)
+        self._incomplete_silence = c.samples(c.incomplete_silence_ms)
         self._pending_silence = c.samples(c.pending_silence_ms)
         self._pad_start = c.samples(c.pad_start_ms)
         self._pad_end = c.samples(c.pad_end_ms)
@@ -266,6 +302,7 @@ class Segmenter:
         self._segment = 0  # number of the current/next segment
         self._floor = 0  # padding never reaches before this sample (previous utterance's end)
         self._last_prob = 0.0
+        self._probs: collections.deque[tuple[int, float]] = collections.deque(maxlen=PROB_HISTORY)  # (w0, p)
         self._idle()
 
     def push(self, samples: np.ndarray, t0_ns: int) -> list[SegmentEvent]:
@@ -299,7 +336,7 @@ class Segmenter:
             in_silence = self._silence_start is not None
             speech_end = self._silence_start if in_silence else min(self._last_speech_end, real_end)
             end = min(speech_end + self._pad_end, real_end)
-            events.append(self._end(speech_end, end, forced=not in_silence))
+            events.append(self._end(speech_end, end, forced=not in_silence, reason="silence"))
         self.reset()
         return events
 
@@ -316,6 +353,53 @@ class Segmenter:
     @property
     def processed_samples(self) -> int:
         return self._processed
+
+    @property
+    def segment(self) -> int:
+        """Number of the open (or next) segment."""
+        return self._segment
+
+    @property
+    def active_start_sample(self) -> int | None:
+        """Stream index of the open confirmed segment's first (padded) sample, else None."""
+        return self._audio_start if self.in_speech else None
+
+    @property
+    def speech_start_sample(self) -> int | None:
+        """Stream index of the open confirmed segment's detected onset (no padding), else None."""
+        return self._speech_start if self.in_speech else None
+
+    def audio(self, a: int, b: int) -> np.ndarray:
+        """(b - a,) float32 copy of stream samples [a, b) (still buffered: the open segment's)."""
+        return self._buf.get(a, b)
+
+    def probabilities(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """The windows starting in [a, b) that are still remembered: (window starts (n,), speech
+        probabilities (n,))."""
+        rows = [(w0, p) for w0, p in self._probs if a <= w0 < b]
+        return (np.array([r[0] for r in rows], np.int64), np.array([r[1] for r in rows], np.float32))
+
+    def set_turn_probability(self, segment: int, pause_start: int, probability: float) -> None:
+        """The end-of-turn model's P(turn complete) for the pause that started at `pause_start` in
+        `segment` (an `EndpointPending`'s segment and end_sample). Ignored when that pause is over."""
+        if segment == self._segment and self._silence_start == pause_start:
+            self._turn_p = float(probability)
+
+    def split_at(self, sample: int) -> list[SegmentEvent]:
+        """A speaker change at stream sample `sample` inside the open segment: it ends there
+        (`reason="speaker_change"`, no trailing padding) and the next segment starts there, already
+        confirmed. Returns [SpeechEnd, SpeechStart], or [] when there is nothing to split."""
+        if not self.in_speech:
+            return []
+        sample = int(min(max(sample, self._speech_start + 1), self._processed - 1))
+        if sample <= self._audio_start or sample >= self._processed:
+            return []
+        silence, last_speech = self._silence_start, self._last_speech_end
+        end = self._end(sample, sample, forced=False, reason="speaker_change")
+        self._open(sample, max(last_speech, sample + 1), confirmed=True)
+        if silence is not None and silence > sample:  # the pause in progress is the new segment's
+            self._silence_start = silence
+        return [end, SpeechStart(self._segment, sample, self.time_ns(sample))]
 
     def time_ns(self, sample: int) -> int:
         """Capture time of stream sample `sample` (exact integer arithmetic)."""
@@ -344,6 +428,7 @@ class Segmenter:
         self._audio_start = 0
         self._last_speech_end = 0
         self._silence_start: int | None = None
+        self._turn_p: float | None = None  # P(turn complete) of the pause in progress, once judged
         self._pending = False
         self._gap: tuple[int, int] | None = None  # last pause >= split_silence inside the segment
 
@@ -376,6 +461,7 @@ class Segmenter:
         """State machine for one window [w0, w1) with speech probability p."""
         cfg = self.config
         self._last_prob = p
+        self._probs.append((w0, p))
         if not self._triggered:
             if p >= cfg.start_threshold:
                 self._open(w0, w1, confirmed=False)
@@ -390,6 +476,7 @@ class Segmenter:
             if w0 - self._silence_start >= self._split_silence:
                 self._gap = (self._silence_start, w0)
             self._silence_start = None
+            self._turn_p = None
             self._last_speech_end = w1
             if self._pending:
                 self._pending = False
@@ -403,8 +490,10 @@ class Segmenter:
                                  (self._last_speech_end - self._speech_start) * 1000 // cfg.sample_rate)
                     self._idle()
                 return
-            if silence >= self._end_silence:
-                events.append(self._end(self._silence_start, self._silence_start + self._pad_end, forced=False))
+            reason = self._pause_ends(silence)
+            if reason is not None:
+                s0 = self._silence_start
+                events.append(self._end(s0, s0 + self._pad_end, forced=False, reason=reason))
                 return
             if not self._pending and silence >= self._pending_silence:
                 self._pending = True
@@ -414,6 +503,14 @@ class Segmenter:
         if self._triggered and w1 + WINDOW - self._audio_start > self._max_len:  # next window would overflow
             self._split(w1, events)
 
+    def _pause_ends(self, silence: int) -> str | None:
+        """Whether a pause of `silence` samples ends the utterance, and why (None: not yet)."""
+        if self.config.endpoint == "silence":
+            return "silence" if silence >= self._end_silence else None
+        if self._turn_p is not None and self._turn_p >= self.config.turn_threshold and silence >= self._turn_silence:
+            return "turn_complete"
+        return "silence" if silence >= self._incomplete_silence else None
+
     def _open(self, speech_start: int, last_speech_end: int, confirmed: bool) -> None:
         self._triggered = True
         self._confirmed = confirmed
@@ -421,6 +518,7 @@ class Segmenter:
         self._audio_start = max(speech_start - self._pad_start, self._floor, self._buf.first)
         self._last_speech_end = last_speech_end
         self._silence_start = None
+        self._turn_p = None
         self._pending = False
         self._gap = None
 
@@ -429,7 +527,7 @@ class Segmenter:
             self._confirmed = True
             events.append(SpeechStart(self._segment, self._speech_start, self.time_ns(self._speech_start)))
 
-    def _end(self, speech_end: int, end: int, forced: bool) -> SpeechEnd:
+    def _end(self, speech_end: int, end: int, forced: bool, reason: str = "max_length") -> SpeechEnd:
         """Close the current confirmed segment with audio [audio_start, end) and go idle."""
         a = self._audio_start
         ev = SpeechEnd(
@@ -444,6 +542,7 @@ class Segmenter:
             speech_start_ns=self.time_ns(self._speech_start),
             speech_end_ns=self.time_ns(speech_end),
             forced=forced,
+            reason=reason,
         )
         self._segment += 1
         self._floor = end

@@ -73,7 +73,7 @@ class BrowserSession:
         self.frames = FrameRing(config.video_ring)
         self.worker = Worker(parts["session"], Segmenter(config.segmenter), parts["transcriber"], self.frames,
                              self.emit, config, self.created_ns, faces=parts.get("faces"),
-                             speakers=parts.get("speakers"))
+                             speakers=parts.get("speakers"), turn_model=parts.get("turn_model"))
         self.audio_q.on_drop = self.worker.chunk_lost
         self.wants_interim = config.interim
         self.audio_seq = mf.SequenceTracker("audio")

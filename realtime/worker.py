@@ -1,8 +1,12 @@
 """The I/O-free core of one live dialogue: audio chunks in, protocol events out.
 
-`Worker` owns one dialogue's segmenter, early ASR, speaker tracker, face state and
-`DialogueSession`; the heavy models it calls (ASR, text encoder, step engine, face expert) are
-shared and stateless across dialogues. It runs in whichever thread drives it: the pipeline's
+`Worker` owns one dialogue's segmenter, early ASR, speaker turns (`SpeakerTurns` over its speaker
+tracker), face state and `DialogueSession`; the heavy models it calls (ASR, end-of-turn model, speaker
+embedder, text encoder, step engine, face expert) are shared and stateless across dialogues.
+
+An utterance is one speaker's turn: it ends at a pause the end-of-turn model judges complete (or a
+long pause), at a speaker change found inside speech, or at the length cap (see
+`emostream.realtime.segmenter` and `emostream.realtime.turns`). It runs in whichever thread drives it: the pipeline's
 inference thread for a source the server reads, the scheduler for browser sessions. Audio
 reaches it through a bounded drop-oldest queue; video frames go into a time-indexed ring from
 which it takes each utterance's span. Every event is a protocol v1 message (a dict) handed to
@@ -27,17 +31,17 @@ from emostream.realtime.segmenter import (
     EndpointPending,
     Segmenter,
     SpeechEnd,
-    SpeechResumed,
     SpeechStart,
 )
 from emostream.realtime.session import DialogueSession
 from emostream.realtime.speakers import SpeakerTracker
+from emostream.realtime.turns import SpeakerTurns, TurnsConfig, TurnTaking
 from emostream.realtime.types import AudioChunk, Prediction, Transcript, Utterance, VideoFrame, samples_to_ns
 
 logger = logging.getLogger(__name__)
 
 EventCallback = Callable[[dict[str, Any]], None]
-PEEK_SAMPLES = 4 * 16_000  # an interim's speaker guess looks at the last 4 s (bounded cost)
+TurnModel = Callable[[Any], float]  # (n,) float32 16 kHz, the turn so far -> P(turn complete)
 AUDIO_DROPPED = "audio_dropped"
 """Prediction flag: audio of this utterance was lost before the worker saw it (a full queue, lost or
 excess client frames)."""
@@ -123,7 +127,8 @@ class Worker:
 
     def __init__(self, session: DialogueSession, segmenter: Segmenter, transcriber: Any, frames: FrameRing,
                  on_event: EventCallback, config: PipelineConfig, t0_ns: int,
-                 faces: FaceTracker | None = None, speakers: SpeakerTracker | None = None) -> None:
+                 faces: FaceTracker | None = None, speakers: SpeakerTracker | None = None,
+                 turn_model: TurnModel | None = None) -> None:
         from emostream.realtime.asr import EarlyTranscriber
 
         self.session = session
@@ -135,14 +140,18 @@ class Worker:
         self.config = config
         self.t0_ns = t0_ns
         self.speakers = speakers or SpeakerTracker(session.model.n_parties, config.speaker_mode)
+        self.taking = TurnTaking(segmenter, SpeakerTurns(self.speakers,
+                                                         TurnsConfig(detect_changes=segmenter.config.endpoint == "turn")))
+        self.turn_model = turn_model if segmenter.config.endpoint == "turn" else None
+        if segmenter.config.endpoint == "turn" and turn_model is None:
+            raise ValueError("the 'turn' endpoint needs an end-of-turn model (or use endpoint 'silence')")
         self.faces = faces
         self.interim_stretch = 1.0  # the scheduler makes interims coarser (x this interval) under load
         self._face_sent_t: int | None = None  # the last `face` event's frame time...
         self._face_sent_at = 0  # ...and when it went out (monotonic ns)
         self._face_failures = 0  # frames the face path failed on, as last reported
-        # the speaker embedding of a probable utterance end, computed beside the early ASR
-        self._voice_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="speaker-embedding")
-        self._early_voice: concurrent.futures.Future[Any] | None = None
+        # the end-of-turn model runs beside the early ASR at a pause
+        self._side_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="end-of-turn")
         self.interim = config.interim
         self.next_id = 0
         self.current_id: int | None = None
@@ -152,9 +161,10 @@ class Worker:
         self.busy_ns = 0
         self.timings: dict[str, float] = {}
         self.finals: list[Prediction] = []
+        self.turn_probabilities: list[float] = []  # P(turn complete) at each pause judged (bounded below)
         self.backlog_s = 0.0  # audio waiting for this worker (set by its driver); interims wait when behind
         self._lost: collections.deque[tuple[int, int]] = collections.deque(maxlen=MAX_LOST_SPANS)
-        self.counts = {"utterances_audio_dropped": 0, "interims_skipped_behind": 0}
+        self.counts = {"utterances_audio_dropped": 0, "interims_skipped_behind": 0, "turn_model_failed": 0}
 
     def ms(self, t_ns: int) -> float:
         return max(0.0, (t_ns - self.t0_ns) / 1e6)
@@ -166,7 +176,7 @@ class Worker:
             logger.exception("event consumer failed")
 
     def close(self) -> None:
-        self._voice_pool.shutdown(wait=True, cancel_futures=True)
+        self._side_pool.shutdown(wait=True, cancel_futures=True)
 
     def audio_lost(self, t0_ns: int, t1_ns: int) -> None:
         """Audio over stream time [t0, t1) was lost before it reached the worker. Thread-safe."""
@@ -181,11 +191,9 @@ class Worker:
         return any(a < t1_ns and b > t0_ns for a, b in tuple(self._lost))
 
     def reset(self) -> None:
-        self._early_voice = None
         self.session.reset()
-        self.speakers.reset()
+        self.taking.reset()
         self.early.reset()
-        self.segmenter.reset()
         if self.faces is not None:
             self.faces.reset()
         self.current_id = None
@@ -195,7 +203,7 @@ class Worker:
         t_start = time.perf_counter_ns()
         samples = chunk.as_float32()
         self.audio_ns += samples_to_ns(samples.size, chunk.sample_rate)
-        for event in self.segmenter.push(samples, chunk.t0_ns):
+        for event in self.taking.push(samples, chunk.t0_ns):
             self.handle(event)
         self.maybe_interim(chunk.t0_ns + samples_to_ns(samples.size, chunk.sample_rate))
         self.busy_ns += time.perf_counter_ns() - t_start
@@ -204,30 +212,55 @@ class Worker:
         for event in self.segmenter.flush():
             self.handle(event)
 
+
     def handle(self, event: Any) -> None:
         if isinstance(event, SpeechStart):
             self.current_id = self.next_id
             self.next_id += 1
             self.current_start_ns = event.t_ns
             self.last_interim_ns = event.t_ns
-            audio = self.segmenter.active_audio()
-            speaker = self.speakers.peek(audio[-PEEK_SAMPLES:]) if audio is not None and audio.size else "?"  # a guess
+            try:
+                speaker: int | str = self.taking.peek()  # a guess
+            except Exception:  # noqa: BLE001 - the start event still goes out
+                logger.exception("speaker guess failed")
+                speaker = "?"
             self.emit(protocol.utterance(event="start", utterance_id=self.current_id, speaker=speaker,
                                          t_ms=self.ms(event.t_ns)))
             return
         job = self.early.on_event(event)
         if job is not None and isinstance(event, EndpointPending):
             t = time.perf_counter()
-            self._early_voice = self._voice_pool.submit(self.speakers.early, event)  # beside the early ASR
+            turn = self._judge_turn(event)  # beside the early ASR
             try:
                 job.run()  # early ASR: overlaps the endpoint wait (the audio keeps queueing meanwhile)
             except Exception:  # noqa: BLE001 - the final transcribes again (and reports a failure)
                 logger.exception("early ASR failed")
             self.timings["early_asr_ms"] = round((time.perf_counter() - t) * 1000, 2)
-        if isinstance(event, SpeechResumed):
-            self._early_voice = None
+            self._turn_judged(event, turn)
         if isinstance(event, SpeechEnd):
             self.finish(event)
+
+    def _judge_turn(self, pause: EndpointPending) -> concurrent.futures.Future[float] | None:
+        """Start the end-of-turn model on the turn up to this pause (its silence so far included)."""
+        if self.turn_model is None:
+            return None
+        return self._side_pool.submit(self.turn_model, self.taking.pause_audio(pause))
+
+    def _turn_judged(self, pause: EndpointPending, turn: concurrent.futures.Future[float] | None) -> None:
+        """Tell the segmenter the end-of-turn model's verdict on this pause (none: it waits the long pause)."""
+        if turn is None:
+            return
+        t = time.perf_counter()
+        try:
+            p = float(turn.result())
+        except Exception:  # noqa: BLE001 - without a verdict the pause must be long to end the turn
+            logger.exception("end-of-turn model failed")
+            self.counts["turn_model_failed"] += 1
+            return
+        self.timings["turn_wait_ms"] = round((time.perf_counter() - t) * 1000, 2)
+        self.turn_probabilities.append(round(p, 4))
+        del self.turn_probabilities[:-256]
+        self.taking.judge(pause, p)
 
     def finish(self, end: SpeechEnd) -> None:
         t_detect = time.monotonic_ns()
@@ -245,13 +278,16 @@ class Worker:
                                                  f"{type(e).__name__}"))
         asr_ms = 0.0 if reused else round((time.perf_counter() - t) * 1000, 2)
         t = time.perf_counter()
-        early_voice, self._early_voice = self._early_voice, None
         flags = (["forced_split"] if end.forced else []) + list(transcript.flags)
+        overlap = False
         try:
-            speaker = self.speakers.assign_final(end, early_voice.result() if early_voice is not None else None)
+            who = self.taking.finish(end)
+            speaker, overlap = who.slot, who.overlap
         except Exception:  # noqa: BLE001 - who spoke is unknown; the utterance still gets its final
             logger.exception("speaker assignment failed on utterance %d", uid)
             speaker, flags = 0, [*flags, "speaker_failed"]
+        if overlap:
+            flags.append("overlap")
         speaker_ms = round((time.perf_counter() - t) * 1000, 2)
         utt = Utterance(id=uid, audio=end.audio, t_start_ns=end.t_start_ns, t_end_ns=end.t_end_ns,
                         frames=self.frames.between(end.t_start_ns, end.t_end_ns), speaker=speaker)
@@ -276,10 +312,11 @@ class Worker:
                                       message=f"utterance {uid}: " + "; ".join(degraded)))
         self.emit(protocol.transcript(utterance_id=uid, speaker=speaker, text=transcript.text,
                                       language=transcript.language))
-        msg = protocol.prediction_from(pred, t0_ns=self.t0_ns)
+        msg = protocol.prediction_from(pred, t0_ns=self.t0_ns, end_reason=end.reason, overlap=overlap)
         msg["latency_ms"] = pred.timings_ms["total_ms"]  # end of speech -> final prediction
         self.emit(msg)
-        self.emit(protocol.utterance(event="end", utterance_id=uid, speaker=speaker, t_ms=self.ms(end.t_end_ns)))
+        self.emit(protocol.utterance(event="end", utterance_id=uid, speaker=speaker, t_ms=self.ms(end.t_end_ns),
+                                     end_reason=end.reason, overlap=overlap))
 
     def maybe_interim(self, now_stream_ns: int) -> None:
         if not self.interim or self.current_id is None or not self.segmenter.in_speech:
@@ -303,7 +340,7 @@ class Worker:
             logger.exception("interim ASR failed")
             return
         asr_ms = round((time.perf_counter() - t) * 1000, 2)
-        speaker = self.speakers.peek(audio[-PEEK_SAMPLES:])  # partial audio: the tracker learns only from finals
+        speaker = self.taking.peek()  # partial audio: the tracker learns only from finals
         utt = Utterance(id=self.current_id, audio=audio, t_start_ns=start, t_end_ns=now_stream_ns,
                         frames=self.frames.between(start, now_stream_ns), speaker=speaker)
         timings = {"asr_ms": asr_ms, "asr_audio_s": round(tail.size / 16_000, 2)}
@@ -339,7 +376,8 @@ class Worker:
         return protocol.hello(
             labels=session.labels, model=getattr(session.model, "name", "mcncl"), modalities=session.model.modalities,
             live_modalities=("text", "face") if fusion is not None else ("text",),
-            experts={"face": self.config.face_expert if fusion is not None else None, "speaker": self.speakers.mode},
+            experts={"face": self.config.face_expert if fusion is not None else None, "speaker": self.speakers.mode,
+                     "turn": getattr(self.turn_model, "name", None)},
             fusion=fusion.describe() if fusion is not None else None, **extra,
         )
 

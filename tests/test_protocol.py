@@ -36,12 +36,16 @@ def server_examples() -> list[dict]:
         protocol.hello(labels=LABELS, model="m", modalities=["text", "audio"], video_fps=10, session="s", server_version="0.1.0"),
         protocol.utterance(event="start", utterance_id=1, speaker=0, t_ms=10),
         protocol.utterance(event="end", utterance_id="u-1", speaker="Ava", t_ms=2010.5),
+        protocol.utterance(event="end", utterance_id=3, speaker=1, t_ms=3010.0, end_reason="speaker_change",
+                           overlap=True),
         protocol.transcript(utterance_id=1, speaker=0, text="héllo “world”", language="en"),
         protocol.prediction(final=False, utterance_id=1, speaker=0, text="", probs=probs(), t_start_ms=0, t_end_ms=900),
         protocol.prediction(final=True, utterance_id=1, speaker=0, text="hi", probs=probs("anger"), t_start_ms=0,
                             t_end_ms=2000, latency_ms=312.5, flags=["no_face"]),
         protocol.prediction(final=True, utterance_id=2, speaker=1, text="yay", probs=probs("joy"), t_start_ms=0,
                             t_end_ms=900, modalities={"text": probs("joy"), "face": None}, flags=["no_face"]),
+        protocol.prediction(final=True, utterance_id=3, speaker=0, text="mm", probs=probs("neutral"), t_start_ms=0,
+                            t_end_ms=900, flags=["overlap"], end_reason="turn_complete", overlap=True),
         protocol.prediction(final=False, utterance_id=2, speaker=1, text="", probs=probs("joy"), t_start_ms=0,
                             t_end_ms=500, modalities={"text": probs("neutral"), "face": probs("joy", 0.9)}),
         protocol.face(t_ms=100, probs=probs("joy", 0.8), box=(1, 2, 30, 40), frame_size=(320, 240), n_faces=1),
@@ -237,3 +241,24 @@ def test_protocol_doc_examples_validate_and_cover_every_message() -> None:
     assert seen == set(protocol.SERVER_TYPES) | set(protocol.CLIENT_TYPES)
     for code in protocol.ERROR_CODES:
         assert f"`{code}`" in doc
+
+
+def test_end_of_turn_fields_are_optional_and_checked() -> None:
+    """Protocol v1 stays backward compatible: `end_reason` and `overlap` are optional additions."""
+    plain = protocol.prediction(final=True, utterance_id=1, speaker=0, text="", probs=probs(), t_start_ms=0,
+                                t_end_ms=1)
+    assert "end_reason" not in plain and "overlap" not in plain
+    validate(plain)
+    for reason in protocol.END_REASONS:
+        msg = protocol.utterance(event="end", utterance_id=1, speaker=0, t_ms=5, end_reason=reason, overlap=False)
+        assert msg["end_reason"] == reason and msg["overlap"] is False
+        validate(msg)
+    assert set(protocol.END_REASONS) == {"silence", "turn_complete", "speaker_change", "max_length"}
+    with pytest.raises(ValueError, match="end_reason"):
+        protocol.prediction(final=True, utterance_id=1, speaker=0, text="", probs=probs(), t_start_ms=0, t_end_ms=1,
+                            end_reason="bored")
+    bad = {**plain, "end_reason": "pause"}
+    with pytest.raises(jsonschema.ValidationError):
+        validate(bad)
+    with pytest.raises(jsonschema.ValidationError):
+        validate({**plain, "overlap": "yes"})

@@ -291,3 +291,80 @@ def test_real_min_speech(dialogue):
     click = quiet.copy()
     click[8000:8080] += (rng.standard_normal(80) * 0.8).astype(np.float32)
     assert run(Segmenter(), np.concatenate([click, quiet]), 512) == []
+
+
+# ---------------------------------------------------------------------------- end of turn (endpoint "turn")
+def judged(seg: Segmenter, x: np.ndarray, p_complete: float | None, chunk: int = WINDOW) -> list:
+    """Run x through seg, answering each EndpointPending with P(turn complete) = p_complete (None: never)."""
+    events = []
+    for i in range(0, x.size, chunk):
+        for ev in seg.push(x[i : i + chunk], T0 + i * NS):
+            events.append(ev)
+            if isinstance(ev, EndpointPending) and p_complete is not None:
+                seg.set_turn_probability(ev.segment, ev.end_sample, p_complete)
+    return events + seg.flush()
+
+
+TURN = {"endpoint": "turn", "pending_silence_ms": 96, "turn_silence_ms": 192, "incomplete_silence_ms": 960}
+
+
+def test_a_complete_turn_ends_after_a_short_pause():
+    x = track((0.0, 5), (0.9, 30), (0.0, 8), (0.9, 20), (0.0, 40))  # pauses of 256 ms, then 1280 ms
+    ends = of(judged(fake(**TURN), x, 0.9), SpeechEnd)
+    assert [e.reason for e in ends] == ["turn_complete", "turn_complete"]
+    assert ends[0].speech_end_sample == 35 * WINDOW and ends[1].speech_start_sample == 43 * WINDOW
+
+
+def test_an_incomplete_turn_waits_for_a_long_pause():
+    x = track((0.0, 5), (0.9, 30), (0.0, 8), (0.9, 20), (0.0, 40))
+    ends = of(judged(fake(**TURN), x, 0.1), SpeechEnd)
+    assert [e.reason for e in ends] == ["silence"]  # the 256 ms pause stayed inside the turn
+    assert (ends[0].speech_start_sample, ends[0].speech_end_sample) == (5 * WINDOW, 63 * WINDOW)
+    unjudged = of(judged(fake(**TURN), x, None), SpeechEnd)  # no verdict: the same long wait
+    assert [(e.reason, e.speech_end_sample) for e in unjudged] == [("silence", 63 * WINDOW)]
+
+
+def test_the_silence_endpoint_ignores_verdicts():
+    x = track((0.0, 5), (0.9, 30), (0.0, 8), (0.9, 20), (0.0, 40))
+    ends = of(judged(fake(end_silence_ms=224, pending_silence_ms=96), x, 0.1), SpeechEnd)
+    assert [e.reason for e in ends] == ["silence", "silence"]
+
+
+def test_a_verdict_for_an_old_pause_is_ignored():
+    seg = fake(**TURN)
+    x = track((0.0, 5), (0.9, 30), (0.0, 4))  # a 128 ms pause: pending at 96 ms
+    pending = of(seg.push(x, T0), EndpointPending)
+    assert len(pending) == 1
+    seg.push(track((0.9, 10)), T0 + x.size * NS)  # speech resumed: that pause is over
+    seg.set_turn_probability(pending[0].segment, pending[0].end_sample, 0.99)
+    ends = of(seg.push(track((0.0, 10)), T0 + (x.size + 10 * WINDOW) * NS), SpeechEnd)
+    assert ends == []  # 320 ms of a new pause, not judged: no turn_complete end
+
+
+def test_split_at_ends_one_utterance_and_starts_the_next_without_silence():
+    seg = fake(**TURN)
+    x = track((0.0, 5), (0.9, 60))
+    events = seg.push(x, T0)
+    assert [type(e) for e in events] == [SpeechStart]
+    cut = 40 * WINDOW + 100
+    end, start = seg.split_at(cut)
+    assert isinstance(end, SpeechEnd) and isinstance(start, SpeechStart)
+    assert end.reason == "speaker_change" and not end.forced
+    assert (end.speech_end_sample, end.end_sample) == (cut, cut)  # no trailing pad into the next voice
+    assert start.start_sample == cut and start.segment == end.segment + 1 and seg.in_speech
+    np.testing.assert_array_equal(end.audio, x[end.start_sample : cut])
+    assert seg.active_start_sample == cut  # no leading pad back into the previous voice
+    rest = of(seg.push(track((0.0, 40)), T0 + x.size * NS) + seg.flush(), SpeechEnd)
+    assert [(e.start_sample, e.speech_end_sample, e.reason) for e in rest] == [(cut, 65 * WINDOW, "silence")]
+    assert seg.split_at(10) == []  # nothing open
+
+
+def test_end_of_turn_config_is_checked():
+    with pytest.raises(ValueError):
+        SegmenterConfig(endpoint="vad")
+    with pytest.raises(ValueError):
+        SegmenterConfig(endpoint="turn", turn_silence_ms=2000, incomplete_silence_ms=1000)
+    with pytest.raises(ValueError):
+        SegmenterConfig(endpoint="turn", pending_silence_ms=300, turn_silence_ms=200)
+    with pytest.raises(ValueError):
+        SegmenterConfig(turn_threshold=1.0)

@@ -10,7 +10,7 @@ and their sum, end to end. Also the real-time factor of the worker (busy time / 
 Prints one JSON object.
 
     python benchmarks/latency.py [--media tests/data/dialogue.wav] [--video demo/media/sample.mp4]
-                                 [--no-face] [--engine onnx] [--repeat 1]
+                                 [--no-face] [--engine onnx] [--repeat 1] [--endpoint turn|silence]
 """
 
 from __future__ import annotations
@@ -39,14 +39,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=1, help="play the file this many times (one dialogue)")
     p.add_argument("--video", default=str(ROOT / "demo" / "media" / "sample.mp4"), help="video played as the camera")
     p.add_argument("--no-face", action="store_true", help="no face expert")
+    p.add_argument("--endpoint", default="turn", choices=("turn", "silence"),
+                   help="what ends an utterance (turn: the default end-of-turn model + speaker changes)")
     args = p.parse_args(argv)
     from emostream.realtime.config import PipelineConfig
     from emostream.realtime.pipeline import Pipeline
+    from emostream.realtime.segmenter import SegmenterConfig
 
     events: list[dict] = []
     cfg = PipelineConfig(media=args.media, video=args.video or None, realtime=True, loop=args.repeat > 1,
                          engine=args.engine, checkpoint=args.checkpoint,
-                         face_expert=None if args.no_face else "fer-mini-xception")
+                         face_expert=None if args.no_face else "fer-mini-xception",
+                         segmenter=SegmenterConfig(endpoint=args.endpoint))
     t_load = time.perf_counter()
     pipeline = Pipeline(cfg, events.append)
     pipeline.start()
@@ -73,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "benchmark": "latency",
         "media": str(Path(args.media).name),
+        "endpoint": args.endpoint,
+        "end_reasons": {r: sum(f.get("end_reason") == r for f in finals) for r in {f.get("end_reason") for f in finals}},
         "engine": args.engine,
         "utterances": len(finals),
         "p50_ms": percentile(totals, 50),

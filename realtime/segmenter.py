@@ -83,16 +83,10 @@ class SileroVad:
     """
 
     def __init__(self, path: str | None = None, threads: int = 1) -> None:
-        import onnxruntime
+        from emostream.export.engines.onnx_engine import cpu_session
 
         self.path = path or default_model_path()
-        opts = onnxruntime.SessionOptions()
-        opts.inter_op_num_threads = 1
-        opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
-        self._session = onnxruntime.InferenceSession(
-            self.path, sess_options=opts, providers=["CPUExecutionProvider"]
-        )
+        self._session = cpu_session(self.path, threads)
         names = {i.name for i in self._session.get_inputs()}
         if names != {"input", "h", "c"}:
             raise RuntimeError(f"{self.path} is not a streaming Silero VAD v6 model (inputs {sorted(names)})")
@@ -125,7 +119,7 @@ class SegmenterConfig:
     pending_silence_ms: int = 160  # silence after which EndpointPending is emitted (<= every end silence)
     endpoint: str = "silence"  # "silence": pauses alone end utterances; "turn": the end-of-turn model decides
     turn_silence_ms: int = 200  # endpoint "turn": silence that ends a turn judged complete
-    incomplete_silence_ms: int = 1500  # endpoint "turn": silence that ends a turn judged incomplete (the cap)
+    incomplete_silence_ms: int = 1000  # endpoint "turn": silence that ends a turn judged incomplete (the cap)
     turn_threshold: float = 0.5  # P(turn complete) at or above it: complete
     pad_start_ms: int = 100  # audio kept before the detected speech start
     pad_end_ms: int = 100  # audio kept after the detected speech end (<= end_silence_ms)

@@ -123,8 +123,10 @@ class SpeakerTracker:
       2. cosine similarity to every live profile; the best wins if it reaches that speaker's own
          threshold (`threshold`), else a new speaker opens, unless `max_speakers` live speakers
          exist or the utterance holds under `reliable_seconds` of speech (a short embedding is
-         unreliable: it joins the nearest known speaker rather than found a new one).
-      3. learning (`learn`, `assign_embedding`): the chosen profile takes the embeddings; then any
+         unreliable: it joins the nearest known speaker rather than found a new one, unless it is
+         unlike every known voice, below `short_new_threshold`).
+      3. learning (`learn`, `assign_embedding`): the chosen profile takes the embeddings (not those
+         of a short utterance that joined a speaker below its threshold: a guess teaches nothing); then any
          two live profiles with cosine >= `merge_threshold` merge (clusters that drifted together).
 
     Slots: a new speaker takes the lowest slot that no speaker has held yet; once all n_slots were
@@ -147,7 +149,8 @@ class SpeakerTracker:
                  threshold_floor: float = 0.62, threshold_ceiling: float = 0.86, prior_self: float = 0.87,
                  prior_weight: float = 6.0, new_threshold: float | None = None,
                  merge_threshold: float = 0.90, max_speakers: int | None = None,
-                 reliable_seconds: float = 1.5, short_policy: str = "last") -> None:
+                 reliable_seconds: float = 1.5, short_new_threshold: float = 0.55,
+                 short_policy: str = "last") -> None:
         if mode not in MODES:
             raise ValueError(f"speaker mode must be one of {MODES}, got {mode!r}")
         if short_policy not in ("last", "other"):
@@ -167,6 +170,7 @@ class SpeakerTracker:
         self.merge_threshold = merge_threshold
         self.max_speakers = max_speakers if max_speakers is not None else n_slots
         self.reliable_seconds = reliable_seconds
+        self.short_new_threshold = short_new_threshold
         self.short_policy = short_policy
         self.embedder = embedder if embedder is not None or mode != "voice" else shared_embedder()
         self._pitches: list[list[float]] = []
@@ -305,14 +309,16 @@ class SpeakerTracker:
         best = max(sims, key=sims.__getitem__)
         sim = sims[best]
         self.last_similarity = sim
-        if sim < self.threshold(best) and not self.full and emb.seconds >= self.reliable_seconds:
+        reliable = emb.seconds >= self.reliable_seconds or sim < self.short_new_threshold
+        if sim < self.threshold(best) and not self.full and reliable:
             return Decision(None, self._new_slot(), sim)
         return Decision(best, self._speakers[best].slot, sim)
 
     def assign_embedding(self, emb: Embedding | None) -> int:
         """`assign` on a ready whole-utterance embedding (benchmarks and tests can embed once and replay)."""
         d = self.decide(emb)
-        if emb is None:
+        unsure = d.speaker is not None and d.similarity is not None and d.similarity < self.threshold(d.speaker)
+        if emb is None or unsure:  # a short utterance that joined a speaker it does not fit teaches nothing
             return self.learn(d.speaker, np.zeros((0, 256)))
         return self.learn(d.speaker, emb.vector[None, :], weight=float(emb.windows))
 

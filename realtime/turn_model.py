@@ -24,6 +24,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from emostream.export.engines.onnx_engine import cpu_session
 from emostream.realtime.types import SAMPLE_RATE
 from emostream.realtime.voice_embedding import mel_filterbank
 
@@ -83,14 +84,8 @@ class SmartTurn:
     _cache_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, path: str | None = None, threads: int = 1) -> None:
-        import onnxruntime
-
         self.path = path or default_model_path()
-        opts = onnxruntime.SessionOptions()
-        opts.inter_op_num_threads = 1
-        opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
-        self._session = onnxruntime.InferenceSession(self.path, sess_options=opts, providers=["CPUExecutionProvider"])
+        self._session = cpu_session(self.path, threads)
         names = [i.name for i in self._session.get_inputs()]
         if names != ["input_features"]:
             raise RuntimeError(f"{self.path} is not a Smart Turn v3 model (inputs {names})")

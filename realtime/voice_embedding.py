@@ -32,6 +32,7 @@ from typing import ClassVar, Protocol
 
 import numpy as np
 
+from emostream.export.engines.onnx_engine import cpu_session
 from emostream.realtime.types import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
@@ -150,16 +151,6 @@ def speech_seconds(audio: np.ndarray, silence_db: float = 40.0) -> float:
     return float(np.count_nonzero(db >= db.max() - silence_db)) * hop / SAMPLE_RATE
 
 
-def _session(path: str, threads: int):  # noqa: ANN202 - onnxruntime is imported lazily
-    import onnxruntime
-
-    opts = onnxruntime.SessionOptions()
-    opts.inter_op_num_threads = 1
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    return onnxruntime.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
-
-
 class _Shared:
     """One instance per model path for the whole process (ONNX Runtime sessions run concurrently)."""
 
@@ -196,7 +187,7 @@ class GE2EEmbedder(_Shared):
     def __init__(self, path: str | None = None, threads: int = 1, min_seconds: float = 0.3,
                  floor_dbfs: float = -60.0) -> None:
         self.path = path or self.default_model_path()
-        self._session = _session(self.path, threads)
+        self._session = cpu_session(self.path, threads)
         self.min_seconds = min_seconds
         self.floor_dbfs = floor_dbfs
         logger.info("GE2E speaker encoder loaded from %s", self.path)
@@ -293,7 +284,7 @@ class DVectorEmbedder(_Shared):
     def __init__(self, path: str | None = None, threads: int = 1, min_seconds: float = 0.3,
                  silence_db: float = 40.0, floor_dbfs: float = -60.0) -> None:
         self.path = path or self.default_model_path()
-        self._session = _session(self.path, threads)
+        self._session = cpu_session(self.path, threads)
         self.min_seconds = min_seconds
         self.silence_db = silence_db
         self.floor_dbfs = floor_dbfs

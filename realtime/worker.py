@@ -16,7 +16,6 @@ which it takes each utterance's span. Every event is a protocol v1 message (a di
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import logging
 import queue
 import threading
@@ -150,8 +149,6 @@ class Worker:
         self._face_sent_t: int | None = None  # the last `face` event's frame time...
         self._face_sent_at = 0  # ...and when it went out (monotonic ns)
         self._face_failures = 0  # frames the face path failed on, as last reported
-        # the end-of-turn model runs beside the early ASR at a pause
-        self._side_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="end-of-turn")
         self.interim = config.interim
         self.next_id = 0
         self.current_id: int | None = None
@@ -176,7 +173,7 @@ class Worker:
             logger.exception("event consumer failed")
 
     def close(self) -> None:
-        self._side_pool.shutdown(wait=True, cancel_futures=True)
+        """Nothing to release: the worker owns no thread (kept for its drivers' lifecycle)."""
 
     def audio_lost(self, t0_ns: int, t1_ns: int) -> None:
         """Audio over stream time [t0, t1) was lost before it reached the worker. Thread-safe."""
@@ -229,38 +226,38 @@ class Worker:
             return
         job = self.early.on_event(event)
         if job is not None and isinstance(event, EndpointPending):
-            t = time.perf_counter()
-            turn = self._judge_turn(event)  # beside the early ASR
-            try:
-                job.run()  # early ASR: overlaps the endpoint wait (the audio keeps queueing meanwhile)
-            except Exception:  # noqa: BLE001 - the final transcribes again (and reports a failure)
-                logger.exception("early ASR failed")
-            self.timings["early_asr_ms"] = round((time.perf_counter() - t) * 1000, 2)
-            self._turn_judged(event, turn)
+            # the end-of-turn verdict first: a pause judged incomplete waits up to 1.5 s and most such
+            # pauses are followed by more speech, so their early ASR would be wasted work
+            if self._judge_turn(event):
+                t = time.perf_counter()
+                try:
+                    job.run()  # early ASR: overlaps the endpoint wait (the audio keeps queueing meanwhile)
+                except Exception:  # noqa: BLE001 - the final transcribes again (and reports a failure)
+                    logger.exception("early ASR failed")
+                self.timings["early_asr_ms"] = round((time.perf_counter() - t) * 1000, 2)
+            else:
+                job.cancel()
         if isinstance(event, SpeechEnd):
             self.finish(event)
 
-    def _judge_turn(self, pause: EndpointPending) -> concurrent.futures.Future[float] | None:
-        """Start the end-of-turn model on the turn up to this pause (its silence so far included)."""
+    def _judge_turn(self, pause: EndpointPending) -> bool:
+        """The end-of-turn model's verdict on the turn up to this pause (its silence so far included),
+        told to the segmenter. Returns whether the utterance may end soon (complete, or no model:
+        the silence endpoint); a failing model leaves the pause to its long cap."""
         if self.turn_model is None:
-            return None
-        return self._side_pool.submit(self.turn_model, self.taking.pause_audio(pause))
-
-    def _turn_judged(self, pause: EndpointPending, turn: concurrent.futures.Future[float] | None) -> None:
-        """Tell the segmenter the end-of-turn model's verdict on this pause (none: it waits the long pause)."""
-        if turn is None:
-            return
+            return True
         t = time.perf_counter()
         try:
-            p = float(turn.result())
+            p = float(self.turn_model(self.taking.pause_audio(pause)))
         except Exception:  # noqa: BLE001 - without a verdict the pause must be long to end the turn
             logger.exception("end-of-turn model failed")
             self.counts["turn_model_failed"] += 1
-            return
-        self.timings["turn_wait_ms"] = round((time.perf_counter() - t) * 1000, 2)
+            return False
+        self.timings["turn_ms"] = round((time.perf_counter() - t) * 1000, 2)
         self.turn_probabilities.append(round(p, 4))
         del self.turn_probabilities[:-256]
         self.taking.judge(pause, p)
+        return p >= self.segmenter.config.turn_threshold
 
     def finish(self, end: SpeechEnd) -> None:
         t_detect = time.monotonic_ns()

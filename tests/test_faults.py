@@ -21,13 +21,16 @@ import pytest
 
 from emostream.realtime import protocol
 from emostream.realtime.config import PipelineConfig
-from emostream.realtime.segmenter import Segmenter
+from emostream.realtime.segmenter import Segmenter, SegmenterConfig
 from emostream.realtime.session import DialogueSession
 from emostream.realtime.types import AudioChunk, Transcript, VideoFrame
 from emostream.realtime.worker import FrameRing, Worker
 
 DATA = Path(__file__).parent / "data"
-CONFIG = PipelineConfig(interim=False)
+# One final per scripted line is what these tests count on: the espeak-ng fixture's lines are a second
+# apart, so the pause rule ("silence") cuts it exactly; turn-taking has its own tests (test_turns.py,
+# test_real_conversation.py).
+CONFIG = PipelineConfig(interim=False, segmenter=SegmenterConfig(endpoint="silence"))
 FAULTY = 2  # the utterance the faults hit (of 0..5)
 N_LINES = 6
 
@@ -90,7 +93,7 @@ def drive(parts: dict[str, Any], audio: np.ndarray, track: Utterances, *, transc
             frames.add(VideoFrame(image=face_image, t_ns=k * 200_000_000, index=k))
     worker = Worker(parts["session"], Segmenter(CONFIG.segmenter), transcriber or parts["transcriber"], frames,
                     track, CONFIG, 0, faces=parts["faces"] if face_image is not None else None,
-                    speakers=parts["speakers"])
+                    speakers=parts["speakers"], turn_model=parts["turn_model"])
     for i in range(0, audio.size, 512):
         chunk = AudioChunk(samples=audio[i:i + 512], sample_rate=16_000, t0_ns=i * 62_500)
         if lose is not None and lose[0] <= i / 16_000 < lose[1]:
@@ -243,14 +246,19 @@ def test_the_speaker_embedding_raises(shared: Any, audio: np.ndarray) -> None:
     track = Utterances()
     parts = shared.dialogue_parts()
     tracker = parts["speakers"]  # this dialogue's own tracker
-    real_assign = tracker.assign_final
+    real_learn, real_assign = tracker.learn, tracker.assign_embedding
 
-    def assign_fails(end: Any, early: Any) -> int:
+    def learn_fails(*args: Any, **kwargs: Any) -> int:
         if track.hit():
             raise RuntimeError("injected speaker-embedding failure")
-        return real_assign(end, early)
+        return real_learn(*args, **kwargs)
 
-    tracker.assign_final = assign_fails
+    def assign_fails(*args: Any, **kwargs: Any) -> int:
+        if track.hit():
+            raise RuntimeError("injected speaker-embedding failure")
+        return real_assign(*args, **kwargs)
+
+    tracker.learn, tracker.assign_embedding = learn_fails, assign_fails  # whichever path the utterance takes
     drive(parts, audio, track)
     finals = assert_dialogue_went_on(track)
     assert "speaker_failed" in finals[FAULTY]["flags"] and finals[FAULTY]["speaker"] == 0
@@ -276,7 +284,7 @@ def test_lost_audio_flags_its_utterance_and_is_counted(shared: Any, audio: np.nd
 def test_interims_are_skipped_while_behind_and_bounded_in_length(shared: Any, audio: np.ndarray) -> None:
     """An interim transcribes at most `interim_window_s` of the utterance, and none runs while more
     than `interim_max_backlog_s` of audio waits."""
-    config = PipelineConfig(interim=True, interim_interval_s=0.5, interim_window_s=1.0)
+    config = PipelineConfig(interim=True, interim_interval_s=0.5, interim_window_s=1.0, segmenter=CONFIG.segmenter)
     seen: list[int] = []
 
     class Recording:  # the real transcriber, recording each call's length
@@ -290,7 +298,7 @@ def test_interims_are_skipped_while_behind_and_bounded_in_length(shared: Any, au
     events: list[dict[str, Any]] = []
     parts = shared.dialogue_parts()
     worker = Worker(parts["session"], Segmenter(config.segmenter), Recording(), FrameRing(8), events.append,
-                    config, 0, speakers=parts["speakers"])
+                    config, 0, speakers=parts["speakers"], turn_model=parts["turn_model"])
     clip = audio[: 8 * 16_000]  # the first two lines
     for i in range(0, clip.size, 512):
         worker.backlog_s = 1.0 if i >= 4 * 16_000 else 0.0  # behind from 4 s on
@@ -386,7 +394,7 @@ def test_a_failed_start_releases_the_camera_and_raises(shared: Any, monkeypatch:
     monkeypatch.setattr(sources, "_open_camera", lambda index: FakeCamera())
     monkeypatch.setattr(sources, "import_sounddevice", no_portaudio)
     before = {t.ident for t in threading.enumerate()}
-    pipeline = Pipeline(PipelineConfig(), lambda msg: None, shared.dialogue_parts())
+    pipeline = Pipeline(PipelineConfig(segmenter=CONFIG.segmenter), lambda msg: None, shared.dialogue_parts())
     with pytest.raises(sources.SourceError, match="PortAudio"):
         pipeline.start()
     time.sleep(0.1)

@@ -1,5 +1,10 @@
 """End to end: the espeak-ng dialogue fixture through the real segmenter, tiny.en ASR, MiniLM
-features and the bundled checkpoint, headless, as fast as possible."""
+features and the bundled checkpoint, headless, as fast as possible.
+
+The fixture's lines are a second apart, one line per speaker turn: the pause rule (endpoint
+"silence") cuts it into exactly its lines, which these per-line checks count on. The default
+("turn") splits its last line at the complete-sounding "Yes!" (7 finals for 6 lines): turn-taking is
+tested on real conversations in tests/test_real_conversation.py and tests/test_turns.py."""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import pytest
 from emostream.realtime import protocol
 from emostream.realtime.config import PipelineConfig
 from emostream.realtime.pipeline import Pipeline
+from emostream.realtime.segmenter import SegmenterConfig
 from emostream.realtime.text_metrics import word_error_rate
 
 DATA = Path(__file__).parent / "data"
@@ -20,7 +26,8 @@ DATA = Path(__file__).parent / "data"
 @pytest.fixture(scope="module")
 def events(engine_cache: Path) -> list[dict]:
     got: list[dict] = []
-    cfg = PipelineConfig(media=str(DATA / "dialogue.wav"), realtime=False, engine="onnx")
+    cfg = PipelineConfig(media=str(DATA / "dialogue.wav"), realtime=False, engine="onnx",
+                         segmenter=SegmenterConfig(endpoint="silence"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EMOSTREAM_CACHE", str(engine_cache))  # the ONNX export goes here
         with Pipeline(cfg, got.append) as pipeline:

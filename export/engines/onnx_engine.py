@@ -44,6 +44,18 @@ def default_providers(device: str = "auto") -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def cpu_session(path: str | os.PathLike[str], threads: int = 1) -> Any:
+    """A plain ONNX Runtime CPU session for a small pretrained model the live side calls directly
+    (Silero VAD, the GE2E speaker encoder, Smart Turn): one inter-op thread, `threads` intra-op
+    threads, warnings only."""
+    ort = _import_ort()
+    opts = ort.SessionOptions()
+    opts.inter_op_num_threads = 1
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
 def default_threads(kind: str | None) -> int:
     """Intra-op threads: the tiny step graph runs fastest on one; the encoders use up to four cores."""
     if kind == "step":

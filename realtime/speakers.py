@@ -145,7 +145,7 @@ class SpeakerTracker:
     """
 
     def __init__(self, n_slots: int, mode: str = "voice", max_semitones: float = 3.0, *,
-                 embedder: Embedder | None = None, new_margin: float = 0.10,
+                 embedder: Embedder | None = None, new_margin: float = 0.12,
                  threshold_floor: float = 0.62, threshold_ceiling: float = 0.86, prior_self: float = 0.87,
                  prior_weight: float = 6.0, new_threshold: float | None = None,
                  merge_threshold: float = 0.90, max_speakers: int | None = None,

@@ -400,3 +400,25 @@ def test_a_failed_start_releases_the_camera_and_raises(shared: Any, monkeypatch:
     time.sleep(0.1)
     left = [t.name for t in threading.enumerate() if t.ident not in before and not t.daemon]
     assert left == [], left
+
+
+def test_the_end_of_turn_model_raises(shared: Any, audio: np.ndarray) -> None:
+    """A failing Smart Turn leaves every pause to the long cap: turns still end, none as
+    'turn_complete', the failures are counted, nothing else is lost."""
+    parts = shared.dialogue_parts()
+    events: list[dict[str, Any]] = []
+    config = PipelineConfig(interim=False)  # the default: endpoint "turn"
+
+    def failing_turn_model(_: np.ndarray) -> float:
+        raise RuntimeError("injected end-of-turn failure")
+
+    worker = Worker(parts["session"], Segmenter(config.segmenter), parts["transcriber"], FrameRing(8), events.append,
+                    config, 0, speakers=parts["speakers"], turn_model=failing_turn_model)
+    for i in range(0, audio.size, 512):
+        worker.process(AudioChunk(samples=audio[i:i + 512], sample_rate=16_000, t0_ns=i * 62_500))
+    worker.flush()
+    finals = [m for m in events if m["type"] == "prediction" and m["final"]]
+    assert len(finals) >= N_LINES // 2 and all(f["text"] for f in finals)
+    assert all(f["end_reason"] in ("silence", "speaker_change", "max_length") for f in finals)
+    assert worker.counts["turn_model_failed"] >= 3
+    assert worker.metrics({}, {})["drops"]["turn_model_failed"] == worker.counts["turn_model_failed"]

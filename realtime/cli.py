@@ -233,7 +233,10 @@ class EventSource(Protocol):
 
 
 def default_media() -> Path:
-    return Path(__file__).resolve().parent.parent / "demo" / "media" / "sample.mp4"
+    """The bundled sample dialogue the demo plays without devices (see `emostream.realtime.resources`)."""
+    from emostream.realtime import resources
+
+    return resources.sample_media()
 
 
 def build_parser(prog: str = "emostream serve", *, demo: bool = False) -> argparse.ArgumentParser:

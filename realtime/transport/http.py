@@ -18,6 +18,8 @@ from urllib.parse import unquote
 from websockets.datastructures import Headers
 from websockets.http11 import Response
 
+from emostream.realtime import resources
+
 _CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
@@ -47,8 +49,8 @@ def server_version() -> str:
 
 
 def default_web_root() -> Path:
-    """The browser client shipped in the repository: <repo>/demo/web."""
-    return Path(__file__).resolve().parents[2] / "demo" / "web"
+    """The browser client shipped with the package (demo/web; see `emostream.realtime.resources`)."""
+    return resources.web_root()
 
 
 def is_loopback(host: str) -> bool:

@@ -69,12 +69,13 @@ from sessions import (  # noqa: E402
 
 from emostream.realtime.media_frames import AUDIO_RATE  # noqa: E402
 
-# The demo's loop of the bundled sample (cli.build_event_source), with microphone detection off so
+# The demo's loop of the bundled sample (app.pipeline_source), with microphone detection off so
 # that a machine with a microphone plays the sample too. `emostream serve --media FILE` plays once.
 LOOP_SERVER = (
     "import sys\n"
+    "import emostream.realtime.app as app\n"
     "import emostream.realtime.cli as cli\n"
-    "cli.microphone_available = lambda: False\n"
+    "app.microphone_available = lambda: False\n"
     "sys.exit(cli.main(sys.argv[1:]))\n"
 )
 LOOP_GAP_S = 1.0  # MediaFileSource's silence between two passes
@@ -724,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(pool_main(args.pool_url))
     if not 1 <= args.watchers <= 1000 or not 0 <= args.sessions <= 16 or args.minutes <= 0:
         p.error("--watchers 1..1000, --sessions 0..16, --minutes > 0")
-    from emostream.realtime.cli import default_media
+    from emostream.realtime.resources import sample_media as default_media
     from emostream.realtime.sources import probe
 
     loop_s = probe(default_media()).duration_s + LOOP_GAP_S

@@ -1,6 +1,6 @@
-"""The `emostream` console script: one entry point, one subcommand per job, and the realtime
-commands themselves (`run`, `serve`, `demo`): their arguments, and the glue from arguments to a
-pipeline, a server and browser sessions.
+"""The `emostream` console script: one entry point, one subcommand per job, and the arguments of
+the realtime commands (`run`, `serve`, `demo`). What they run is composed elsewhere: `serve` and
+`demo` by `emostream.realtime.app.App`, `run` by a `Pipeline`.
 
 Every subcommand is a `main(argv: list[str] | None = None) -> int`, imported only when it is
 used, so `emostream --help` stays fast.
@@ -17,13 +17,11 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from emostream.realtime import privacy, protocol
 from emostream.realtime.config import PipelineConfig
-from emostream.realtime.protocol import ClientMessage
 from emostream.realtime.segmenter import SegmenterConfig
 from emostream.realtime.transport.ws import DEFAULT_HOST, DEFAULT_PORT, TOKEN_ENV, Server, ServerConfigError
 
@@ -176,69 +174,6 @@ def _human(msg: dict[str, Any]) -> str:
 
 
 
-def microphone_available() -> bool:
-    """Whether this machine has an audio input device (and PortAudio to reach it)."""
-    from emostream.realtime.sources import import_sounddevice
-
-    try:
-        sd = import_sounddevice()
-        return any(d.get("max_input_channels", 0) > 0 for d in sd.query_devices())
-    except Exception:  # noqa: BLE001 - no PortAudio, no devices: no microphone
-        return False
-
-
-def build_event_source(args: argparse.Namespace) -> EventSource:
-    """For `emostream serve` and `emostream demo`: the pipeline of the server's own source."""
-    from emostream.realtime.pipeline import PipelineEventSource  # lazy: heavy imports
-
-    media = getattr(args, "media", None)
-    loop = False
-    if getattr(args, "demo", False) and media is None:
-        if microphone_available():
-            logger.info("demo: using the microphone (and the camera if there is one)")
-        else:
-            media = default_media()
-            loop = not args.once
-            logger.info("demo: no microphone here; playing the bundled sample %s%s", media,
-                        " in a loop" if loop else "")
-    args.media = media
-    from emostream.realtime.runtime import load_shared_models
-
-    config = config_from_args(args, realtime=True, loop=loop)
-    args.shared = load_shared_models(config)  # browser sessions share these models too
-    return PipelineEventSource(config, args.shared.dialogue_parts())
-
-
-# ---------------------------------------------------------------------------------------------
-# `emostream serve` / `emostream demo`
-
-
-class EventSource(Protocol):
-    """What `build_event_source(args)` returns.
-
-    `start(publish)`: begin producing; `publish` is thread-safe and takes protocol messages
-    (publish a `hello` first so clients learn the labels). `on_client_message`: reset/config from
-    a client, called on the event loop (hand it to the pipeline thread; do not block).
-    `wait(timeout)`: True once the source has ended (media played through, or failed).
-    `close()`: stop and join threads.
-    """
-
-    def start(self, publish: Callable[[Mapping[str, Any]], object]) -> None: ...
-
-    def on_client_message(self, message: ClientMessage, client_id: str) -> None: ...
-
-    def wait(self, timeout: float | None = None) -> bool: ...
-
-    def close(self) -> None: ...
-
-
-def default_media() -> Path:
-    """The bundled sample dialogue the demo plays without devices (see `emostream.realtime.resources`)."""
-    from emostream.realtime import resources
-
-    return resources.sample_media()
-
-
 def build_parser(prog: str = "emostream serve", *, demo: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -276,94 +211,10 @@ def build_parser(prog: str = "emostream serve", *, demo: bool = False) -> argpar
     return parser
 
 
-def _load_event_source_factory() -> Callable[[argparse.Namespace], EventSource]:
-    return build_event_source
-
-
-async def _run(server: Server, args: argparse.Namespace, factory: Callable[[argparse.Namespace], EventSource]) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    handled: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-            handled.append(sig)
-        except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
-            pass
-    source: EventSource | None = None
-    scheduler: Any = None
-    try:
-        if getattr(args, "source", None) == "browser":  # ready before the first capturing client comes
-            try:
-                scheduler = await asyncio.to_thread(_enable_capture, server, args, None)
-            except Exception as exc:
-                logger.debug("loading the models failed", exc_info=True)
-                print(f"{args.prog}: error: could not load the models: {exc}", file=sys.stderr)
-                return 1
-        async with server:
-            print(f"serving {server.url}", flush=True)
-            if args.open:
-                import webbrowser
-
-                webbrowser.open(server.url)
-            if scheduler is not None:
-                await stop.wait()
-                return 0
-            try:
-                source = await asyncio.to_thread(factory, args)
-            except Exception as exc:
-                logger.debug("build_event_source failed", exc_info=True)
-                print(f"{args.prog}: error: could not start the pipeline: {exc}", file=sys.stderr)
-                return 1
-            server.on_client_message = source.on_client_message
-            if hasattr(source, "health"):
-                server.health_checks["pipeline"] = source.health
-            if getattr(args, "shared", None) is not None:  # browsers can capture beside the shared source
-                scheduler = await asyncio.to_thread(_enable_capture, server, args, args.shared)
-            try:
-                await asyncio.to_thread(source.start, server.publish_threadsafe)
-            except Exception as exc:
-                logger.debug("the event source failed to start", exc_info=True)
-                print(f"{args.prog}: error: could not start the pipeline: {exc}", file=sys.stderr)
-                return 1
-            while not stop.is_set():
-                ended = await asyncio.to_thread(source.wait, 0.25)
-                if ended and args.once:
-                    await asyncio.sleep(0.2)  # let the last events cross over from the pipeline thread
-                    await server.drain(timeout=3.0)
-                    break
-            return 0
-    finally:
-        if scheduler is not None:
-            await asyncio.to_thread(scheduler.close)
-        if source is not None:
-            await asyncio.to_thread(source.close)
-        for sig in handled:
-            loop.remove_signal_handler(sig)
-
-
-def _enable_capture(server: Server, args: argparse.Namespace, shared: Any) -> Any:
-    """Browser sessions on the server (models loaded once, or the shared source's): the Scheduler."""
-    from emostream.realtime.runtime import load_shared_models
-    from emostream.realtime.scheduler import Scheduler
-    from emostream.realtime.sessions import SessionManager
-
-    config = config_from_args(args, realtime=True)
-    if shared is None:
-        shared = load_shared_models(config)
-        model = shared.model
-        server.set_hello(protocol.hello(labels=model.labels, model=getattr(model, "name", "mcncl"),
-                                        modalities=model.modalities))
-    manager = SessionManager(shared, config, max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout)
-    scheduler = Scheduler(manager).start()
-    server.health_checks["sessions"] = scheduler.health
-    server.capture = manager
-    logger.info("browser capture on: %d session(s) at most", args.max_sessions)
-    return scheduler
-
-
-def serve_main(argv: list[str] | None = None, *, prog: str = "emostream serve", demo: bool = False) -> int:
-    """`emostream serve` (and `emostream demo` with demo=True). Prints `serving http://HOST:PORT/`."""
+def serve_main(argv: list[str] | None = None, *, prog: str = "emostream serve", demo: bool = False,
+               source_factory: Any = None) -> int:
+    """`emostream serve` (and `emostream demo` with demo=True). Prints `serving http://HOST:PORT/`.
+    `source_factory`: the server's own source (`emostream.realtime.app.App`'s; default the Pipeline)."""
     args = build_parser(prog, demo=demo).parse_args(argv)
     args.prog = prog
     if args.log_level:
@@ -385,27 +236,23 @@ def serve_main(argv: list[str] | None = None, *, prog: str = "emostream serve", 
     if args.max_sessions < 1:
         print(f"{prog}: error: --max-sessions must be at least 1", file=sys.stderr)
         return 2
+    from emostream.realtime.app import App, AppOptions
     from emostream.realtime.transport.tls import TlsConfigError, server_context
 
     try:
         tls = server_context(args.tls_cert, args.tls_key) if args.tls_cert is not None else None
         server = Server(args.host, args.port, token=args.token, origins=args.allow_origin, web_root=args.web_root,
                         operator_token=args.operator_token, tls=tls)
-        server.capture_expected = True
     except (ServerConfigError, TlsConfigError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    options = AppOptions(prog=prog, media=args.media, demo=args.demo, capture_only=args.source == "browser",
+                         once=args.once, open_browser=args.open, max_sessions=args.max_sessions,
+                         idle_timeout_s=args.idle_timeout)
+    app = App(server, config_from_args(args, realtime=True), options, **({"source_factory": source_factory}
+                                                                          if source_factory is not None else {}))
     try:
-        factory = _load_event_source_factory()
-    except ImportError as exc:
-        print(
-            f"{prog}: error: the realtime pipeline is not available "
-            f"(emostream.realtime.pipeline.build_event_source): {exc}",
-            file=sys.stderr,
-        )
-        return 1
-    try:
-        return asyncio.run(_run(server, args, factory))
+        return asyncio.run(app.serve())
     except KeyboardInterrupt:
         return 130
     except OSError as exc:  # e.g. the port is in use

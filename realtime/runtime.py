@@ -23,7 +23,8 @@ LIVE_TEXT_BUCKETS = (64,)  # + the full length: most inputs with 3 past turns fi
 
 
 class EngineStepModel:
-    """The session's `StepModel` over any step engine: functional (state in, state out)."""
+    """The session's `StepModel` over any step engine: stateless and shared by every dialogue (each
+    dialogue's state goes in with each step and comes back with its result)."""
 
     def __init__(self, engine: Any, labels: tuple[str, ...] | None = None, feature_spec: dict[str, Any] | None = None,
                  modalities: tuple[str, ...] | None = None, name: str = "mcncl") -> None:
@@ -41,8 +42,7 @@ class EngineStepModel:
         self._pairs = [(p["input"], p["output"]) for p in self.streaming.sidecar["state"]]
 
     def init_state(self) -> State:
-        self.streaming.reset()
-        return self.streaming.state
+        return self.streaming.zero_state()
 
     def step(self, inputs: dict[str, np.ndarray], state: State) -> tuple[np.ndarray, State]:
         feeds = self.streaming.feeds(inputs)

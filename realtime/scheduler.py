@@ -1,51 +1,79 @@
-"""The scheduler: one thread runs every browser session's dialogue on the shared models.
+"""The scheduler: one thread runs every dialogue on the shared models, whatever its source (the
+server's own media file or devices, each browser's capture).
 
-Each round it visits the live sessions in turn (starting one further each round, so nobody is
-always first) and lets each process at most `slice_s` of its queued audio; then the faces (live
-`face` events), per-session metrics and the idle check. Policy, in order:
+Each round it visits the dialogues in turn (starting one further each round, so nobody is always
+first) and lets each process at most `slice_s` of its queued audio; then its faces (live `face`
+events) and its metrics. Policy, in order:
 
 1. Finals first: a final comes out of the audio that ends an utterance, so audio is never
-   skipped; what is skipped is the optional work. A final is never dropped. Sessions whose final
+   skipped; what is skipped is the optional work. A final is never dropped. Dialogues whose final
    is near (the segmenter saw the ending silence) go first in the round, and while any is,
    nobody's interims run.
 2. Interims re-transcribe the growing utterance, the most expensive optional work there is. When
-   any session is behind (more than `behind_s` of audio waiting) they are off for every session
-   until all have caught up, and with more than two sessions they come at most every
-   interval x sessions / 2 (coarser).
-3. Queues are bounded (the session's drop-oldest audio queue, its frame ring); what is dropped
-   is counted and reported in that session's `metrics.drops`.
+   any dialogue is behind (more audio waiting than its `interim_max_backlog_s`, the one threshold
+   its worker also skips interims by) they are off for every dialogue until all have caught up,
+   and with more than two dialogues they come at most every interval x dialogues / 2 (coarser).
+3. Queues are bounded (each dialogue's drop-oldest audio queue, its frame ring); what is dropped
+   is counted and reported in that dialogue's `metrics.drops`.
+4. Early ASR is batched: a dialogue whose worker has an early transcription due (a pause judged
+   the end of a turn) stops its slice there, and after the round every due job runs in one
+   batched call (`asr.run_batch`: one encoder and one decoder call for all of them).
+5. A dialogue whose input has ended is flushed once its queue is empty (its last utterance gets
+   its final), marked done and removed. A chunk that fails is reported and skipped; a dialogue
+   that fails outside a chunk is marked failed (its `failure` says why), done and removed; the
+   others go on.
 
 `run_round()` is one round, without threads (tests drive it directly).
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 from emostream.realtime import protocol
-from emostream.realtime.sessions import BrowserSession, SessionManager
 
 logger = logging.getLogger(__name__)
 
+TICK_S = 1.0  # how often the `every_tick` hooks run (idle sessions are closed there)
+
 
 class Scheduler:
-    def __init__(self, manager: SessionManager, slice_s: float = 0.5, behind_s: float = 1.0,
-                 metrics_interval_s: float = 2.0) -> None:
-        self.manager = manager
+    def __init__(self, slice_s: float = 0.5, metrics_interval_s: float = 2.0) -> None:
         self.slice_s = slice_s
-        self.behind_s = behind_s
         self.metrics_interval_s = metrics_interval_s
         self.rounds = 0
-        self.interims_held = 0  # rounds in which interims were off because a session was behind
+        self.interims_held = 0  # rounds in which interims were off because a dialogue was behind
+        self.asr_batches: collections.Counter[int] = collections.Counter()  # batch size -> how many ran
+        self.every_tick: list[Callable[[], object]] = []  # e.g. SessionManager.close_idle
+        self._dialogues: list[Any] = []  # Dialogue (or anything with its scheduler side)
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last_idle_check = 0.0
+        self._last_tick = 0.0
 
+    # ------------------------------------------------------------------ the registry (any thread)
+    def add(self, dialogue: Any) -> None:
+        with self._lock:
+            self._dialogues.append(dialogue)
+
+    def remove(self, dialogue: Any) -> None:
+        with self._lock:
+            if dialogue in self._dialogues:
+                self._dialogues.remove(dialogue)
+
+    def dialogues(self) -> list[Any]:
+        with self._lock:
+            return list(self._dialogues)
+
+    # ------------------------------------------------------------------ the thread
     def start(self) -> Scheduler:
-        self._thread = threading.Thread(target=self._loop, name="session-scheduler", daemon=False)
+        self._thread = threading.Thread(target=self._loop, name="dialogue-scheduler", daemon=False)
         self._thread.start()
         return self
 
@@ -54,9 +82,7 @@ class Scheduler:
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
-                logger.warning("the session scheduler did not stop within %.1fs", timeout)
-        for s in self.manager.sessions():
-            self.manager.close(s, "server stopping")
+                logger.warning("the dialogue scheduler did not stop within %.1fs", timeout)
 
     @property
     def alive(self) -> bool:
@@ -64,63 +90,116 @@ class Scheduler:
 
     def health(self) -> tuple[bool, str]:
         """(alive, reason) for /healthz."""
-        return (True, "running") if self.alive else (False, "the session scheduler is not running")
+        if not self.alive:
+            return False, "the dialogue scheduler is not running"
+        n = sum(self.asr_batches.values())
+        mean = sum(k * v for k, v in self.asr_batches.items()) / n if n else 0.0
+        return True, f"running {len(self.dialogues())} dialogue(s); early ASR batches {n}, mean size {mean:.2f}"
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
                 busy = self.run_round()
-            except Exception:  # noqa: BLE001 - the scheduler serves every session: it must go on
+            except Exception:  # noqa: BLE001 - the scheduler serves every dialogue: it must go on
                 logger.exception("scheduler round failed")
                 busy = False
-            if time.monotonic() - self._last_idle_check > 1.0:
-                self._last_idle_check = time.monotonic()
-                self.manager.close_idle()
+            if time.monotonic() - self._last_tick > TICK_S:
+                self._last_tick = time.monotonic()
+                for hook in list(self.every_tick):
+                    try:
+                        hook()
+                    except Exception:  # noqa: BLE001
+                        logger.exception("scheduler tick hook failed")
             if not busy:
                 self._stop.wait(0.01)
 
+    # ------------------------------------------------------------------ one round (no threads)
     def run_round(self) -> bool:
-        """One round over the sessions; True if any audio was processed."""
-        sessions = self.manager.sessions()
-        if not sessions:
+        """One round over the dialogues; True if any audio was processed."""
+        dialogues = self.dialogues()
+        if not dialogues:
             return False
         self.rounds += 1
-        start = self.rounds % len(sessions)
-        order = sessions[start:] + sessions[:start]
-        order.sort(key=lambda s: not s.worker.final_pending)  # finals first (stable: round robin otherwise)
-        hold = any(s.backlog_s() > self.behind_s for s in order) or order[0].worker.final_pending
+        start = self.rounds % len(dialogues)
+        order = dialogues[start:] + dialogues[:start]
+        order.sort(key=lambda d: not d.worker.final_pending)  # finals first (stable: round robin otherwise)
+        hold = (any(d.backlog_s() > d.config.interim_max_backlog_s for d in order)
+                or order[0].worker.final_pending)
         self.interims_held += hold
         stretch = max(1.0, len(order) / 2)
         did = False
-        for s in order:
-            if s.closed:
+        for d in order:
+            if d.closed:
                 continue
-            s.worker.interim = s.wants_interim and not hold
-            s.worker.interim_stretch = stretch
-            did |= self._run_session(s)
+            d.worker.interim = d.wants_interim and not hold
+            d.worker.interim_stretch = stretch
+            try:
+                did |= self._run_dialogue(d)
+            except Exception as e:  # noqa: BLE001 - this dialogue is lost; the others go on
+                logger.exception("dialogue %s failed", d.name)
+                d.emit(protocol.error("internal", f"the dialogue failed: {type(e).__name__}"))
+                d.fail(f"the dialogue {d.name} failed: {type(e).__name__}: {e}")
+                self.remove(d)
+        self._run_due_asr(order)
         return did
 
-    def _run_session(self, s: BrowserSession) -> bool:
-        worker = s.worker
-        if s.take_reset():
-            worker.reset()
+    def _run_due_asr(self, dialogues: list[Any]) -> None:
+        """Every early ASR job due this round, in one batched call."""
+        due = [(d, job) for d in dialogues if (job := d.worker.take_asr_due()) is not None and not job.cancelled]
+        if not due:
+            return
+        from emostream.realtime.asr import run_batch
+
+        try:
+            run_batch([job for _, job in due])
+        except Exception:  # noqa: BLE001 - the finals transcribe again (and report a failure)
+            logger.exception("early ASR failed on a batch of %d", len(due))
+            return
+        self.asr_batches[len(due)] += 1
+        for d, job in due:
+            d.worker.asr_done(job)
+
+    def _run_dialogue(self, d: Any) -> bool:
+        worker = d.worker
+        if d.take_reset():
+            try:
+                worker.reset()
+            except Exception:  # noqa: BLE001 - a failed reset must not end the dialogue
+                logger.exception("dialogue %s failed to reset", d.name)
+                d.emit(protocol.error("internal", "the dialogue failed to reset"))
         budget = self.slice_s
         did = False
         while budget > 0:
             try:
-                chunk = s.audio_q.get_nowait()
+                chunk = d.audio_q.get_nowait()
             except queue.Empty:
                 break
+            worker.backlog_s = d.backlog_s()
             try:
                 worker.process(chunk)
-            except Exception:  # noqa: BLE001 - one bad chunk must not end the session
-                logger.exception("session %s failed on a chunk; continuing", s.id)
-                s.emit(protocol.error("internal", "the session failed on one audio chunk"))
+            except Exception:  # noqa: BLE001 - one bad chunk must not end the dialogue
+                logger.exception("dialogue %s failed on a chunk; continuing", d.name)
+                d.emit(protocol.error("internal", "the dialogue failed on one audio chunk"))
             budget -= chunk.samples.shape[0] / chunk.sample_rate
             did = True
+            if worker.asr_due is not None:
+                break  # its early ASR runs after the round, batched with the other dialogues' due jobs
         worker.live_face()
         now = time.monotonic_ns()
-        if now - s.last_metrics_ns >= self.metrics_interval_s * 1e9:
-            s.last_metrics_ns = now
-            s.emit(s.metrics())
+        if now - d.last_metrics_ns >= self.metrics_interval_s * 1e9:
+            d.last_metrics_ns = now
+            d.emit(d.metrics())
+        if not did and d.input_ended.is_set() and d.audio_q.qsize() == 0:
+            self._finish(d)
         return did
+
+    def _finish(self, d: Any) -> None:
+        """The input has ended and every chunk is processed: the last utterance's final, then done."""
+        try:
+            d.worker.flush()
+        except Exception:  # noqa: BLE001 - report it; the input has ended anyway
+            logger.exception("dialogue %s failed flushing its last utterance", d.name)
+            d.emit(protocol.error("internal", "the dialogue failed on its last utterance"))
+        d.emit(d.metrics())
+        self.remove(d)
+        d.done.set()

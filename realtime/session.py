@@ -80,7 +80,6 @@ class DialogueSession:
                 raise ValueError(f"the model uses {m} but no {m} featurizer was given")
         self.state: State = model.init_state()
         self.n_final = 0
-        self._speakers: dict[str, int] = {}
         # the past finals the text encoder sees with each utterance (the same input as in training)
         self.text_context = ContextWindow(int(getattr(featurizers.text, "context_turns", 0)))
 
@@ -92,16 +91,8 @@ class DialogueSession:
         """Forget the dialogue: a fresh state and no known speakers."""
         self.state = self.model.init_state()
         self.n_final = 0
-        self._speakers.clear()
         self.text_context.reset()
         logger.info("dialogue session reset")
-
-    def speaker_slot(self, speaker: str | int) -> int:
-        """A stable slot in [0, P) per speaker name, in order of first appearance (wrapping)."""
-        key = str(speaker)
-        if key not in self._speakers:
-            self._speakers[key] = len(self._speakers) % self.model.n_parties
-        return self._speakers[key]
 
     # ------------------------------------------------------------------ features
     def features(self, utterance: Utterance, text: str) -> tuple[Features, list[str], dict[str, float]]:

@@ -1,9 +1,10 @@
 """Browser sessions: one per capturing connection, on models shared by the whole process. No I/O.
 
-A `BrowserSession` owns one dialogue (its `Worker`: segmenter, early ASR, speaker tracker, face
-state, `DialogueSession`), a bounded drop-oldest audio queue, a frame ring and the counters of
-what was dropped. The transport hands it each binary frame (`on_frame`, on the event loop: parse,
-check, enqueue; never blocks); the `Scheduler` (realtime/scheduler.py) drives its worker.
+A `BrowserSession` is the producer of one `Dialogue` (realtime/dialogue.py: queues, worker,
+control inbox, sink), as the server's own sources are of theirs: the transport hands it each
+binary frame (`on_frame`, on the event loop: parse, check, enqueue; never blocks), it keeps the
+capture's clock and the counters of what the client sent wrong, and the one `Scheduler`
+(realtime/scheduler.py) drives the dialogue beside every other.
 
 Clocks: a session's stream time 0 is its creation. Audio time is the count of samples received
 (the audio clock), so a lost audio frame is replaced by as much silence (at most `MAX_FILL_S`);
@@ -12,8 +13,8 @@ client's clock. A client whose audio runs ahead of the wall clock by more than `
 is sending faster than real time: the excess is dropped and counted, and it is told once a
 `TOO_FAST_REPEAT_S`.
 
-`SessionManager` admits sessions up to `max_sessions` (then `Busy`), closes idle ones and gives
-the scheduler the list to run.
+`SessionManager` admits sessions up to `max_sessions` (then `Busy`), hands each dialogue to the
+scheduler and takes it back on close, and closes idle sessions (on the scheduler's tick).
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ from typing import Any
 
 import numpy as np
 
+from emostream.model.features.pcm import as_float32
 from emostream.realtime import media_frames as mf
 from emostream.realtime import protocol
 from emostream.realtime.config import PipelineConfig
-from emostream.realtime.segmenter import Segmenter
+from emostream.realtime.dialogue import Dialogue
+from emostream.realtime.scheduler import Scheduler
 from emostream.realtime.types import AudioChunk, VideoFrame, samples_to_ns
-from emostream.realtime.worker import DropOldestQueue, EventCallback, FrameRing, Worker
+from emostream.realtime.worker import EventCallback, Worker
 
 logger = logging.getLogger(__name__)
 
@@ -57,25 +60,19 @@ class SessionCounters:
 
 
 class BrowserSession:
-    """One capturing connection's dialogue. `on_frame` runs on the event loop, the rest in the scheduler."""
+    """One capturing connection: the producer of its dialogue. `on_frame` runs on the event loop."""
 
     def __init__(self, client_id: str, parts: dict[str, Any], config: PipelineConfig, send: EventCallback,
                  close: Callable[[str], None], clock: Callable[[], int] = time.monotonic_ns) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.client_id = client_id
         self.config = config
-        self._send = send
         self._close = close
         self._clock = clock
         self.created_ns = clock()
         self.last_media_ns = self.created_ns
-        self.audio_q = DropOldestQueue(config.audio_queue)
-        self.frames = FrameRing(config.video_ring)
-        self.worker = Worker(parts["session"], Segmenter(config.segmenter), parts["transcriber"], self.frames,
-                             self.emit, config, self.created_ns, faces=parts.get("faces"),
-                             speakers=parts.get("speakers"), turn_model=parts.get("turn_model"))
-        self.audio_q.on_drop = self.worker.chunk_lost
-        self.wants_interim = config.interim
+        self.dialogue = Dialogue(f"browser-{self.id}", parts, config, send, t0_ns=self.created_ns,
+                                 extra_drops=self.drops)
         self.audio_seq = mf.SequenceTracker("audio")
         self.video_seq = mf.SequenceTracker("video")
         self.counters = SessionCounters()
@@ -83,17 +80,21 @@ class BrowserSession:
         self._first_audio: tuple[int, float] | None = None  # (wall ns, client t_ms) of the first audio frame
         self._last_audio_len = 1024
         self._too_fast_told_ns: int | None = None
-        self._reset_requested = threading.Event()
-        self.closed = False
-        self.last_metrics_ns = self.created_ns
+
+    @property
+    def worker(self) -> Worker:
+        return self.dialogue.worker
+
+    @property
+    def closed(self) -> bool:
+        return self.dialogue.closed
+
+    def emit(self, msg: dict[str, Any]) -> None:
+        self.dialogue.emit(msg)
 
     # ------------------------------------------------------------------ the event loop side
-    def emit(self, msg: dict[str, Any]) -> None:
-        if not self.closed:
-            self._send(msg)
-
     def hello(self) -> dict[str, Any]:
-        return self.worker.hello(interim=self.wants_interim, session=self.id, capture=CAPTURE_LIMITS)
+        return self.dialogue.hello(session=self.id, capture=CAPTURE_LIMITS)
 
     def on_frame(self, data: bytes) -> None:
         """One binary frame from the client. Raises `media_frames.FrameError` (code bad_frame or
@@ -136,12 +137,12 @@ class BrowserSession:
             self._push(np.zeros(fill, np.float32))
             self.counters.audio_filled_ms += fill * 1000 / mf.AUDIO_RATE
         self._last_audio_len = n
-        self._push(frame.samples.astype(np.float32) / np.float32(32768.0))
+        self._push(as_float32(frame.samples))
 
     def _push(self, samples: np.ndarray) -> None:
         t0 = self.created_ns + samples_to_ns(self._samples)
         self._samples += int(samples.shape[0])
-        self.audio_q.put(AudioChunk(samples=samples, sample_rate=mf.AUDIO_RATE, t0_ns=t0))
+        self.dialogue.put_audio(AudioChunk(samples=samples, sample_rate=mf.AUDIO_RATE, t0_ns=t0))
 
     def _on_video(self, frame: mf.VideoFrameData) -> None:
         if self.worker.faces is None and "visual" not in self.worker.session.model.modalities:
@@ -154,35 +155,25 @@ class BrowserSession:
             self.counters.video_undecodable += 1
             raise
         t_ns = self.created_ns + int((frame.t_ms - self._first_audio[1]) * 1e6)
-        self.frames.add(VideoFrame(image=image, t_ns=t_ns, index=frame.seq))
+        self.dialogue.frames.add(VideoFrame(image=image, t_ns=t_ns, index=frame.seq))
 
     def request_reset(self) -> None:
-        """From the event loop: the scheduler resets this session before its next audio."""
-        self._reset_requested.set()
+        """From the event loop: the scheduler resets this dialogue before its next audio."""
+        self.dialogue.request_reset()
 
     def set_interim(self, enabled: bool) -> None:
-        self.wants_interim = enabled
-
-    # ------------------------------------------------------------------ the scheduler side
-    def take_reset(self) -> bool:
-        if self._reset_requested.is_set():
-            self._reset_requested.clear()
-            return True
-        return False
-
-    def backlog_s(self) -> float:
-        """Seconds of audio waiting (chunks of any size: counted by the audio clock)."""
-        return self.audio_q.qsize() * self._last_audio_len / mf.AUDIO_RATE
+        self.dialogue.set_interim(enabled)
 
     def drops(self) -> dict[str, int]:
+        """What the client sent that was lost or refused (the dialogue adds its queue's drops)."""
         c = self.counters
-        return {"audio": self.audio_q.dropped, "audio_lost": self.audio_seq.lost, "video_lost": self.video_seq.lost,
+        return {"audio_lost": self.audio_seq.lost, "video_lost": self.video_seq.lost,
                 "audio_too_fast": c.audio_too_fast, "bad_frames": c.bad_frames,
                 "reordered": self.audio_seq.reordered + self.video_seq.reordered,
                 "video_undecodable": c.video_undecodable}
 
     def metrics(self) -> dict[str, Any]:
-        return self.worker.metrics({"audio": self.audio_q.qsize(), "video": len(self.frames)}, self.drops())
+        return self.dialogue.metrics()
 
     def idle(self, now_ns: int, timeout_s: float) -> bool:
         return now_ns - self.last_media_ns > timeout_s * 1e9
@@ -190,18 +181,21 @@ class BrowserSession:
     def close(self, reason: str = "closed") -> None:
         if self.closed:
             return
-        self.closed = True
-        self.worker.close()
+        self.dialogue.close()
         self._close(reason)
 
 
 class SessionManager:
-    """Admission (`max_sessions`), the shared models, the live sessions. Thread-safe."""
+    """Admission (`max_sessions`), the shared models, the live sessions, each session's dialogue on
+    the scheduler. Thread-safe."""
 
-    def __init__(self, shared: Any, config: PipelineConfig, max_sessions: int = 4, idle_timeout_s: float = 60.0) -> None:
+    def __init__(self, shared: Any, config: PipelineConfig, scheduler: Scheduler, max_sessions: int = 4,
+                 idle_timeout_s: float = 60.0) -> None:
         if max_sessions < 1:
             raise ValueError("max_sessions must be >= 1")
         self.shared = shared
+        self.scheduler = scheduler
+        scheduler.every_tick.append(self.close_idle)
         self.config = config
         self.max_sessions = max_sessions
         self.idle_timeout_s = idle_timeout_s
@@ -219,12 +213,14 @@ class SessionManager:
             session = BrowserSession(client_id, self.shared.dialogue_parts(), self.config, send, close)
             self._sessions[session.id] = session
             self.opened += 1
+        self.scheduler.add(session.dialogue)
         logger.info("browser session %s opened for client %s (%d live)", session.id, client_id, len(self._sessions))
         return session
 
     def close(self, session: BrowserSession, reason: str = "closed") -> None:
         with self._lock:
             self._sessions.pop(session.id, None)
+        self.scheduler.remove(session.dialogue)
         session.close(reason)
         logger.info("browser session %s closed: %s", session.id, reason)
 
@@ -240,6 +236,10 @@ class SessionManager:
                                    message=f"no media for {self.idle_timeout_s:.0f} s: session closed"))
             self.close(s, "idle")
         return idle
+
+    def close_all(self, reason: str = "server stopping") -> None:
+        for s in self.sessions():
+            self.close(s, reason)
 
     def health(self) -> dict[str, Any]:
         return {"sessions": len(self.sessions()), "max_sessions": self.max_sessions, "refused": self.refused,

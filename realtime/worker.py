@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emostream.realtime import protocol
 from emostream.realtime.config import PipelineConfig
@@ -35,7 +35,10 @@ from emostream.realtime.segmenter import (
 from emostream.realtime.session import DialogueSession
 from emostream.realtime.speakers import SpeakerTracker
 from emostream.realtime.turns import SpeakerTurns, TurnsConfig, TurnTaking
-from emostream.realtime.types import AudioChunk, Prediction, Transcript, Utterance, VideoFrame, samples_to_ns
+from emostream.realtime.types import AudioChunk, Transcript, Utterance, VideoFrame, samples_to_ns
+
+if TYPE_CHECKING:
+    from emostream.realtime.asr import PendingTranscript
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +124,20 @@ class FrameRing:
         return len(self._frames)
 
 
+def hello_of(session: DialogueSession, config: PipelineConfig, speaker_mode: str, turn_model: Any, /,
+             **extra: Any) -> dict[str, Any]:
+    """The one `hello` builder: labels, model, the live modalities, experts and fusion rule of a
+    dialogue on these models (`extra`: interim, session, capture)."""
+    fusion = session.face_fusion
+    return protocol.hello(
+        labels=session.labels, model=getattr(session.model, "name", "mcncl"), modalities=session.model.modalities,
+        live_modalities=("text", "face") if fusion is not None else ("text",),
+        experts={"face": config.face_expert if fusion is not None else None, "speaker": speaker_mode,
+                 "turn": getattr(turn_model, "name", None)},
+        fusion=fusion.describe() if fusion is not None else None, **extra,
+    )
+
+
 class Worker:
     """The inference loop's logic: audio chunks in, protocol events out. Runs in one thread."""
 
@@ -157,7 +174,7 @@ class Worker:
         self.audio_ns = 0  # audio consumed (for the real-time factor)
         self.busy_ns = 0
         self.timings: dict[str, float] = {}
-        self.finals: list[Prediction] = []
+        self.asr_due: PendingTranscript | None = None  # an early ASR job for the driver to run (batched)
         self.turn_probabilities: list[float] = []  # P(turn complete) at each pause judged (bounded below)
         self.backlog_s = 0.0  # audio waiting for this worker (set by its driver); interims wait when behind
         self._lost: collections.deque[tuple[int, int]] = collections.deque(maxlen=MAX_LOST_SPANS)
@@ -191,6 +208,7 @@ class Worker:
         self.session.reset()
         self.taking.reset()
         self.early.reset()
+        self.asr_due = None
         if self.faces is not None:
             self.faces.reset()
         self.current_id = None
@@ -229,16 +247,21 @@ class Worker:
             # the end-of-turn verdict first: a pause judged incomplete waits up to 1.5 s and most such
             # pauses are followed by more speech, so their early ASR would be wasted work
             if self._judge_turn(event):
-                t = time.perf_counter()
-                try:
-                    job.run()  # early ASR: overlaps the endpoint wait (the audio keeps queueing meanwhile)
-                except Exception:  # noqa: BLE001 - the final transcribes again (and reports a failure)
-                    logger.exception("early ASR failed")
-                self.timings["early_asr_ms"] = round((time.perf_counter() - t) * 1000, 2)
+                self.asr_due = job  # early ASR: the scheduler runs it, batched with other dialogues' jobs
             else:
                 job.cancel()
         if isinstance(event, SpeechEnd):
             self.finish(event)
+
+    def take_asr_due(self) -> PendingTranscript | None:
+        """The early ASR job waiting to run, handed over once (None if there is none)."""
+        job, self.asr_due = self.asr_due, None
+        return job
+
+    def asr_done(self, job: PendingTranscript) -> None:
+        """The driver ran `job` (alone or in a batch): note its time."""
+        if job.elapsed_s is not None:
+            self.timings["early_asr_ms"] = round(job.elapsed_s * 1000, 2)
 
     def _judge_turn(self, pause: EndpointPending) -> bool:
         """The end-of-turn model's verdict on the turn up to this pause (its silence so far included),
@@ -302,7 +325,6 @@ class Worker:
         pred.timings_ms["compute_ms"] = round((now - t_detect) / 1e6, 2)
         pred.timings_ms["total_ms"] = round((now - end.speech_end_ns) / 1e6, 2)
         self.timings.update({k: v for k, v in pred.timings_ms.items() if k.endswith("_ms")})
-        self.finals.append(pred)
         degraded = [DEGRADED[f] for f in pred.flags if f in DEGRADED]
         if degraded:
             self.emit(protocol.status(code="degraded", level="warning",
@@ -367,16 +389,8 @@ class Worker:
         return span.probs
 
     def hello(self, **extra: Any) -> dict[str, Any]:
-        """The `hello` of this dialogue: labels, model, the live modalities, experts and fusion rule."""
-        session = self.session
-        fusion = session.face_fusion
-        return protocol.hello(
-            labels=session.labels, model=getattr(session.model, "name", "mcncl"), modalities=session.model.modalities,
-            live_modalities=("text", "face") if fusion is not None else ("text",),
-            experts={"face": self.config.face_expert if fusion is not None else None, "speaker": self.speakers.mode,
-                     "turn": getattr(self.turn_model, "name", None)},
-            fusion=fusion.describe() if fusion is not None else None, **extra,
-        )
+        """The `hello` of this dialogue (see `hello_of`)."""
+        return hello_of(self.session, self.config, self.speakers.mode, self.turn_model, **extra)
 
     @property
     def final_pending(self) -> bool:

@@ -169,7 +169,7 @@ def test_run_without_a_microphone_exits_non_zero_and_does_not_hang(engine_cache:
     import subprocess
     import sys
 
-    from emostream.realtime.cli import microphone_available
+    from emostream.realtime.app import microphone_available
 
     if microphone_available():
         pytest.skip("this machine has a microphone")

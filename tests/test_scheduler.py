@@ -1,17 +1,21 @@
 """The scheduler's policy, without threads: finals first, interims held while anyone is behind or
-a final is near, coarser interims under load, round robin, resets taken before audio.
+a final is near, coarser interims under load, round robin, resets taken before audio; a dialogue
+whose input ended is flushed once and removed; a failing one is given up, the others go on.
 
-`FakeSession` / `FakeWorker` stand in for `BrowserSession` / `Worker` here only, to test the
-scheduling code around them (tests/test_sessions.py runs the real ones)."""
+`FakeDialogue` / `FakeWorker` stand in for `Dialogue` / `Worker` here only, to test the
+scheduling code around them (tests/test_sessions.py and tests/test_pipeline_e2e.py run the real ones)."""
 
 from __future__ import annotations
 
 import queue
+import threading
+from types import SimpleNamespace
 
 import numpy as np
 
+from emostream.realtime.asr import PendingTranscript
 from emostream.realtime.scheduler import Scheduler
-from emostream.realtime.types import AudioChunk
+from emostream.realtime.types import AudioChunk, Transcript
 
 
 class FakeWorker:
@@ -20,9 +24,25 @@ class FakeWorker:
         self.interim = True
         self.interim_stretch = 1.0
         self.final_pending = False
+        self.asr_due = None
+        self.due_after: int | None = None  # an early ASR job falls due after this many chunks
+        self.asr_times: list[float] = []
+        self.asr_texts: list[str] = []
 
     def process(self, chunk: AudioChunk) -> None:
         self.log.append(self.name)
+        if self.due_after is not None:
+            self.due_after -= 1
+            if self.due_after == 0:
+                self.asr_due = PendingTranscript(FAKE_ASR, 0, 0, 160, np.full(160, len(self.name), np.float32))
+
+    def take_asr_due(self):  # noqa: ANN201
+        job, self.asr_due = self.asr_due, None
+        return job
+
+    def asr_done(self, job) -> None:  # noqa: ANN001
+        self.asr_times.append(job.elapsed_s)
+        self.asr_texts.append(job.result.text)
 
     def reset(self) -> None:
         self.log.append(f"reset {self.name}")
@@ -30,10 +50,33 @@ class FakeWorker:
     def live_face(self) -> None:
         pass
 
+    def flush(self) -> None:
+        self.log.append(f"flush {self.name}")
 
-class FakeSession:
+
+class FakeTranscriber:
+    """Records each call; "transcribes" an item as its length in samples."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+
+    def transcribe(self, audio: np.ndarray, utterance_id: int) -> Transcript:
+        self.calls.append(("one", 1))
+        return Transcript(utterance_id=utterance_id, text=f"{audio[0]:.0f}")
+
+    def transcribe_batch(self, audios: list[np.ndarray], ids: list[int]) -> list[Transcript]:
+        self.calls.append(("batch", len(audios)))
+        return [Transcript(utterance_id=i, text=f"{a[0]:.0f}") for a, i in zip(audios, ids)]
+
+
+FAKE_ASR = FakeTranscriber()
+
+
+class FakeDialogue:
+    config = SimpleNamespace(interim_max_backlog_s=0.5)
+
     def __init__(self, log: list[str], name: str, chunks: int, backlog_s: float = 0.0) -> None:
-        self.id = name
+        self.name = name
         self.worker = FakeWorker(log, name)
         self.audio_q: queue.Queue[AudioChunk] = queue.Queue()
         for _ in range(chunks):
@@ -44,6 +87,9 @@ class FakeSession:
         self.reset_wanted = False
         self.last_metrics_ns = 0
         self.sent: list[dict] = []
+        self.input_ended = threading.Event()
+        self.done = threading.Event()
+        self.failure: str | None = None
 
     def backlog_s(self) -> float:
         return self._backlog
@@ -58,20 +104,23 @@ class FakeSession:
     def metrics(self) -> dict:
         return {"type": "metrics"}
 
+    def fail(self, reason: str) -> None:
+        self.failure = reason
+        self.done.set()
 
-class FakeManager:
-    def __init__(self, sessions: list[FakeSession]) -> None:
-        self._sessions = sessions
 
-    def sessions(self) -> list[FakeSession]:
-        return list(self._sessions)
+def scheduler_of(*dialogues: FakeDialogue, **kw: float) -> Scheduler:
+    sched = Scheduler(**kw)
+    for d in dialogues:
+        sched.add(d)
+    return sched
 
 
 def test_finals_first_then_round_robin_with_a_time_slice() -> None:
     log: list[str] = []
-    a, b, c = (FakeSession(log, n, chunks=20) for n in "abc")
+    a, b, c = (FakeDialogue(log, n, chunks=20) for n in "abc")
     b.worker.final_pending = True
-    sched = Scheduler(FakeManager([a, b, c]), slice_s=0.2)  # 0.2 s: 4 chunks of 64 ms
+    sched = scheduler_of(a, b, c, slice_s=0.2)  # 0.2 s: 4 chunks of 64 ms
     assert sched.run_round()
     assert log == ["b"] * 4 + ["c"] * 4 + ["a"] * 4  # b first (final near), then from the round's start
     assert not any(s.worker.interim for s in (a, b, c))  # a final is near: nobody's interims run
@@ -84,9 +133,9 @@ def test_finals_first_then_round_robin_with_a_time_slice() -> None:
 
 def test_interims_are_held_while_anyone_is_behind_and_resets_come_first() -> None:
     log: list[str] = []
-    a, b = FakeSession(log, "a", chunks=2), FakeSession(log, "b", chunks=2, backlog_s=3.0)
+    a, b = FakeDialogue(log, "a", chunks=2), FakeDialogue(log, "b", chunks=2, backlog_s=3.0)
     a.reset_wanted = True
-    sched = Scheduler(FakeManager([a, b]))
+    sched = scheduler_of(a, b)
     sched.run_round()
     assert not a.worker.interim and not b.worker.interim and sched.interims_held == 1
     assert log.index("reset a") < log.index("a")
@@ -96,3 +145,82 @@ def test_interims_are_held_while_anyone_is_behind_and_resets_come_first() -> Non
     b._backlog = 0.0
     sched.run_round()
     assert a.worker.interim and b.worker.interim
+
+
+def test_an_ended_input_is_flushed_once_its_queue_is_empty_and_the_dialogue_leaves() -> None:
+    log: list[str] = []
+    a, b = FakeDialogue(log, "a", chunks=2), FakeDialogue(log, "b", chunks=2)
+    a.input_ended.set()  # its producer is done, but two chunks still wait
+    sched = scheduler_of(a, b)
+    sched.run_round()
+    assert "flush a" not in log and not a.done.is_set()  # the queued audio comes first
+    sched.run_round()
+    assert log.count("flush a") == 1 and a.done.is_set() and sched.dialogues() == [b]
+    assert a.sent[-1] == {"type": "metrics"}  # its last metrics go out with it
+    sched.run_round()
+    assert log.count("flush a") == 1 and "flush b" not in log and not b.done.is_set()
+
+
+def test_a_dialogue_failing_outside_a_chunk_is_given_up_and_the_others_go_on() -> None:
+    log: list[str] = []
+    a, b = FakeDialogue(log, "a", chunks=3), FakeDialogue(log, "b", chunks=3)
+
+    def broken() -> None:
+        raise RuntimeError("queue exploded")
+
+    a.audio_q.get_nowait = broken  # type: ignore[method-assign]
+    sched = scheduler_of(a, b)
+    sched.run_round()
+    assert a.done.is_set() and "queue exploded" in (a.failure or "") and sched.dialogues() == [b]
+    assert a.sent[-1]["type"] == "error" and log == ["b"] * 3  # b's audio all went through
+
+
+def test_a_chunk_that_fails_is_reported_and_the_dialogue_goes_on() -> None:
+    log: list[str] = []
+    a = FakeDialogue(log, "a", chunks=3)
+    calls = iter([RuntimeError("bad chunk"), None, None])
+
+    def process(chunk: AudioChunk) -> None:
+        err = next(calls)
+        if err is not None:
+            raise err
+        log.append("a")
+
+    a.worker.process = process  # type: ignore[method-assign]
+    sched = scheduler_of(a)
+    sched.run_round()
+    assert log == ["a", "a"] and [m["type"] for m in a.sent if m["type"] != "metrics"] == ["error"]
+    assert not a.done.is_set()
+
+
+def test_early_asr_due_in_several_dialogues_runs_as_one_batch_after_the_round() -> None:
+    log: list[str] = []
+    FAKE_ASR.calls.clear()
+    a, bb, ccc = (FakeDialogue(log, n, chunks=6) for n in ("a", "bb", "ccc"))
+    a.worker.due_after, bb.worker.due_after = 2, 3  # ccc has nothing due
+    sched = scheduler_of(a, bb, ccc, slice_s=1.0)
+    sched.run_round()
+    assert log.count("a") == 2 and log.count("bb") == 3 and log.count("ccc") == 6  # a slice stops at its job
+    assert FAKE_ASR.calls == [("batch", 2)] and sched.asr_batches == {2: 1}
+    assert a.worker.asr_texts == ["1"] and bb.worker.asr_texts == ["2"] and not ccc.worker.asr_texts  # each its own
+    assert a.worker.asr_times[0] is not None
+    sched.run_round()  # the rest of their audio; nothing more is due
+    assert log.count("a") == 6 and log.count("bb") == 6 and FAKE_ASR.calls == [("batch", 2)]
+
+
+def test_a_cancelled_early_job_is_not_run() -> None:
+    log: list[str] = []
+    FAKE_ASR.calls.clear()
+    a = FakeDialogue(log, "a", chunks=2)
+    a.worker.due_after = 1
+    original = a.worker.process
+
+    def process_then_resume(chunk: AudioChunk) -> None:  # speech resumed: the job is cancelled
+        original(chunk)
+        if a.worker.asr_due is not None:
+            a.worker.asr_due.cancel()
+
+    a.worker.process = process_then_resume  # type: ignore[method-assign]
+    sched = scheduler_of(a)
+    sched.run_round()
+    assert FAKE_ASR.calls == [] and not sched.asr_batches and a.worker.asr_due is None

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import os
 import re
-import socket
-import statistics
 import struct
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -26,15 +23,7 @@ from emostream.realtime import protocol
 from emostream.realtime.protocol import Config, Reset
 from emostream.realtime.transport.broadcast import Broadcaster, ClientQueue
 from emostream.realtime.transport.ws import Server, ServerConfigError
-
-LABELS = ["anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"]
-VALIDATORS = {kind: jsonschema.Draft202012Validator(schema) for kind, schema in protocol.SCHEMAS.items()}
-
-
-def validate(msg: dict) -> None:
-    """Every message the server sends must match the JSON Schema of its type."""
-    assert msg.get("type") in protocol.SERVER_TYPES, msg
-    VALIDATORS[msg["type"]].validate(msg)
+from tests.helpers import LABELS, eventually, final, interim, raw_ws, recv_json, validate
 
 
 def run_async(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
@@ -47,43 +36,9 @@ def run_async(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
     return wrapper
 
 
-def final(i: int, label: str = "joy", text: str = "") -> dict:
-    probs = {k: (0.7 if k == label else 0.05) for k in LABELS}
-    return protocol.prediction(final=True, utterance_id=i, speaker=i % 2, text=text or f"line {i}", probs=probs,
-                               t_start_ms=i * 1000.0, t_end_ms=i * 1000.0 + 800, latency_ms=50.0)
-
-
-def interim(i: int) -> dict:
-    probs = {k: 1 / len(LABELS) for k in LABELS}
-    return protocol.prediction(final=False, utterance_id=i, speaker=0, text="", probs=probs, t_start_ms=i * 1000.0,
-                               t_end_ms=i * 1000.0 + 400)
-
-
 def make_server(**kwargs: Any) -> Server:
     hello = protocol.hello(labels=LABELS, model="test-model", modalities=["text", "audio"], video_fps=10)
     return Server("127.0.0.1", 0, hello=hello, **kwargs)
-
-
-async def recv_json(ws: ClientConnection, timeout: float = 5.0) -> dict:
-    text = await asyncio.wait_for(ws.recv(), timeout)
-    assert isinstance(text, str)
-    msg = json.loads(text)
-    validate(msg)
-    return msg
-
-
-async def recv_until(ws: ClientConnection, kind: str, timeout: float = 5.0) -> dict:
-    while True:
-        msg = await recv_json(ws, timeout)
-        if msg["type"] == kind:
-            return msg
-
-
-async def eventually(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 async def http_get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -212,7 +167,7 @@ async def test_twenty_clients_receive_every_final_in_order() -> None:
             async def collect(ws: ClientConnection) -> list[int]:
                 ids: list[int] = []
                 while len(ids) < n_finals:
-                    msg = await recv_json(ws, timeout=10)
+                    msg = await recv_json(ws)
                     if msg["type"] == "prediction" and msg["final"]:
                         ids.append(msg["utterance_id"])
                 return ids
@@ -230,24 +185,6 @@ async def test_twenty_clients_receive_every_final_in_order() -> None:
     assert server.broadcaster.dropped == 0
 
 
-async def _raw_ws(port: int, rcvbuf: int = 4096) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A websocket client that reads nothing after the handshake unless asked (tiny buffers)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
-    key = "dGhlIHNhbXBsZSBub25jZQ=="
-    writer.write(
-        (f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
-    )
-    await writer.drain()
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return reader, writer
-
-
 async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     b0, b1 = await reader.readexactly(2)
     n = b1 & 0x7F
@@ -260,50 +197,40 @@ async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 
 @run_async
 async def test_a_stalled_client_does_not_delay_the_others() -> None:
+    """A client that reads nothing loses the oldest of its own queue; the clients that read get every
+    message, in order, and lose none. (How fast fan-out delivers is benchmarks/load.py's to measure.)"""
     n_msgs, size = 300, 16_000
     async with make_server(client_queue_size=16) as server:
-        reader, writer = await _raw_ws(server.port)
-        await eventually(lambda: server.broadcaster.clients == 1)
+        reader, writer = await raw_ws(server.port)
+        await eventually(lambda: server.broadcaster.clients == 1, what="the raw client")
         stalled = server.broadcaster.queues()[0]
         fast = [await connect(server.ws_url) for _ in range(3)]
         for ws in fast:
             await recv_json(ws)
-        sent_at: dict[int, float] = {}
-        latencies: list[float] = []
+        await eventually(lambda: server.broadcaster.clients == 4, what="the three readers")
+        fast_qs = [q for q in server.broadcaster.queues() if q is not stalled]
 
-        async def consume(ws: ClientConnection) -> None:
-            count = 0
-            while count < n_msgs:
-                msg = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        async def consume(ws: ClientConnection) -> list[int]:
+            ids: list[int] = []
+            while len(ids) < n_msgs:
+                msg = await recv_json(ws)
                 if msg["type"] == "prediction":
-                    latencies.append(time.monotonic() - sent_at[msg["utterance_id"]])
-                    assert msg["utterance_id"] == count
-                    count += 1
+                    ids.append(msg["utterance_id"])
+            return ids
 
         readers = [asyncio.create_task(consume(ws)) for ws in fast]
-        publish_s: list[float] = []
         filler = os.urandom(size // 2).hex()
-        t0 = time.monotonic()
         for i in range(n_msgs):
-            event = final(i, text=filler)
-            sent_at[i] = time.monotonic()
-            start = time.perf_counter()
-            server.publish(event)
-            publish_s.append(time.perf_counter() - start)
-            await asyncio.sleep(0.002)
-        await asyncio.gather(*readers)
-        elapsed = time.monotonic() - t0
+            server.publish(final(i, text=filler))
+            await asyncio.sleep(0.002)  # the producer's pace, not a wait for an outcome
+        got = await asyncio.gather(*readers)
 
-        report = (f"{n_msgs} x {size} B to 3 readers + 1 stalled: {elapsed:.2f} s, latency median "
-                  f"{statistics.median(latencies) * 1e3:.1f} ms, p95 {sorted(latencies)[int(0.95 * len(latencies))] * 1e3:.1f} ms, "
-                  f"max {max(latencies) * 1e3:.1f} ms; publish max {max(publish_s) * 1e3:.2f} ms; "
-                  f"stalled client dropped {stalled.dropped}, queued {len(stalled)}")
-        print(report)
+        report = (f"{n_msgs} x {size} B to 3 readers + 1 stalled: stalled client dropped {stalled.dropped}, "
+                  f"queued {len(stalled)}; the readers dropped {[q.dropped for q in fast_qs]}")
         assert stalled.dropped > 0, "the raw client was not stalled: " + report
         assert len(stalled) <= 16
-        assert max(publish_s) < 0.05, report
-        assert statistics.median(latencies) < 0.1 and max(latencies) < 2.0, report
-        assert elapsed < 15, report
+        assert all(ids == list(range(n_msgs)) for ids in got), report  # every message, in order
+        assert all(q.dropped == 0 for q in fast_qs), report
 
         # The stalled client wakes up: what it got is in order, and the next metrics says what it lost.
         server.publish(protocol.metrics(drops={"audio": 0}))
@@ -328,16 +255,20 @@ async def test_a_stalled_client_does_not_delay_the_others() -> None:
 @run_async
 async def test_stop_does_not_hang_on_a_stalled_client() -> None:
     server = await make_server(close_timeout=0.5).start()
-    _, writer = await _raw_ws(server.port)
+    reader, writer = await raw_ws(server.port)
     await eventually(lambda: server.broadcaster.clients == 1)
     big = os.urandom(20_000).hex()
     for i in range(400):
         server.publish(final(i, text=big))
         await asyncio.sleep(0)
     await eventually(lambda: server.broadcaster.queues()[0].dropped > 0)
-    start = time.monotonic()
-    await server.stop()
-    assert time.monotonic() - start < 5
+    # the closing handshake cannot complete (the client reads nothing): stop() aborts the connection
+    # after close_timeout and returns; a stop that hangs fails here
+    await asyncio.wait_for(server.stop(), 30)
+    assert not server.running
+    with contextlib.suppress(ConnectionError):  # the stalled client is cut off: its stream ends
+        while await asyncio.wait_for(reader.read(1 << 16), 10):
+            pass
     writer.close()
 
 
@@ -556,30 +487,26 @@ class FakeSource:
         self.closed = True
 
 
-def test_main_prints_one_serving_line_and_runs_the_source_once(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_main_prints_one_serving_line_and_runs_the_source_once(capsys: pytest.CaptureFixture[str]) -> None:
     sources: list[FakeSource] = []
 
-    def factory(args: object) -> FakeSource:
-        assert args.once and args.port == 0  # type: ignore[attr-defined]
+    def factory(app: object) -> FakeSource:
+        assert app.options.once  # type: ignore[attr-defined]
         sources.append(FakeSource())
         return sources[-1]
 
-    monkeypatch.setattr(server_mod, "_load_event_source_factory", lambda: factory)
-    assert server_mod.serve_main(["--port", "0", "--once"]) == 0
+    assert server_mod.serve_main(["--port", "0", "--once"], source_factory=factory) == 0
     out, _ = capsys.readouterr()
     assert re.fullmatch(r"serving http://127\.0\.0\.1:\d+/\n", out), out
     assert sources and sources[0].closed
 
 
-def test_main_without_the_pipeline_explains(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    def missing() -> None:
-        raise ImportError("No module named 'emostream.realtime.pipeline'")
+def test_main_explains_a_source_that_cannot_start(capsys: pytest.CaptureFixture[str]) -> None:
+    def broken(app: object) -> FakeSource:
+        raise RuntimeError("no such device")
 
-    monkeypatch.setattr(server_mod, "_load_event_source_factory", missing)
-    assert server_mod.serve_main(["--port", "0"]) == 1
+    assert server_mod.serve_main(["--port", "0"], source_factory=broken) == 1
     out, err = capsys.readouterr()
-    assert out == "" and "pipeline" in err
+    assert out.startswith("serving http://") and "could not start the pipeline: no such device" in err
     assert server_mod.serve_main(["--port", "0", "--media", "/no/such/file.mp4"]) == 2
     assert "not found" in capsys.readouterr().err

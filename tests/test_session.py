@@ -114,14 +114,6 @@ def test_nothing_present_is_flagged(step_model) -> None:
     assert {"no_text", "no_audio", "nothing_present"} <= set(p.flags)
 
 
-def test_speaker_slots_are_stable_and_wrap(step_model) -> None:
-    s = session(step_model)
-    n = step_model.n_parties
-    slots = [s.speaker_slot(f"spk{i}") for i in range(n + 2)]
-    assert slots[:n] == list(range(n)) and slots[n:] == [0, 1]
-    assert s.speaker_slot("spk1") == 1
-
-
 def test_session_refuses_a_missing_featurizer(step_model) -> None:
     with pytest.raises(ValueError, match="uses audio"):
         DialogueSession(step_model, Featurizers(text=FakeTextFeaturizer(step_model.text_dim)))

@@ -45,9 +45,14 @@ class StreamingEngine:
         self.reset()
 
     # ---------------------------------------------------------------- state
+    def zero_state(self) -> dict[str, np.ndarray]:
+        """A new dialogue's state (zeros), touching nothing held here: callers that keep their own
+        state (one per dialogue, on a shared engine) start from this."""
+        return {n: np.zeros(s.shape, dtype=s.dtype) for n, s in self._state_specs.items()}
+
     def reset(self) -> None:
         """Start a new dialogue: the state goes back to zeros."""
-        self._state = {n: np.zeros(s.shape, dtype=s.dtype) for n, s in self._state_specs.items()}
+        self._state = self.zero_state()
         self.last_logits = None
         self.steps = 0
 

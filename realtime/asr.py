@@ -17,8 +17,9 @@ import logging
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -162,6 +163,56 @@ class Transcriber:
             words=words,
         )
 
+    def _short_ready(self) -> bool:
+        """Whether the short-context path can run: a real faster-whisper model, the language known."""
+        model = self._model
+        if not hasattr(model, "feature_extractor") or not hasattr(model, "model"):
+            return False  # not a faster_whisper.WhisperModel (e.g. a test double): the standard path
+        return not (model.model.is_multilingual and self.config.language is None)
+
+    def _window(self, n_frames: int) -> int:
+        """Encoder frames for an utterance of n_frames: the utterance + `context_pad_s`, whole seconds."""
+        cfg = self.config
+        window = int(np.ceil((n_frames + cfg.context_pad_s * 100) / 100.0)) * 100
+        return max(window, int(cfg.min_window_s * 100))
+
+    def _encode(self, features: Sequence[np.ndarray], window: int) -> Any:
+        """Log-mel features (each (n_mels, T <= window)) -> the encoder output of the batch, zero-padded."""
+        import ctranslate2
+
+        padded = np.zeros((len(features), features[0].shape[0], window), dtype=np.float32)  # (B, n_mels, window)
+        for i, f in enumerate(features):
+            padded[i, :, :f.shape[-1]] = f
+        return self._model.model.encode(ctranslate2.StorageView.from_array(padded), to_cpu=False)
+
+    def _decode(self, encoded: Any, batch: int, max_new: int, **options: float) -> list[tuple[str, float, float]]:
+        """Greedy decoding of an encoded batch: (text, avg log-prob, no-speech prob) per item."""
+        from faster_whisper.tokenizer import Tokenizer
+
+        model, cfg = self._model, self.config
+        tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe",
+                              language=cfg.language or "en")
+        prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+        results = model.model.generate(
+            encoded, [prompt] * batch, beam_size=cfg.beam_size, max_length=len(prompt) + max_new,
+            suppress_blank=True, suppress_tokens=[-1], return_scores=True, return_no_speech_prob=True, **options,
+        )
+        return [(tokenizer.decode(r.sequences_ids[0]).strip(), float(r.scores[0]) if r.scores else 0.0,
+                 float(r.no_speech_prob)) for r in results]
+
+    def _short_transcript(self, text: str, avg_logprob: float, no_speech: float, flags: tuple[str, ...],
+                          utterance_id: int) -> Transcript:
+        # whisper's own silence rule (no_speech_threshold 0.6, log_prob_threshold -1), and no
+        # transcript made of punctuation alone
+        if (no_speech > 0.6 and avg_logprob < -1.0) or not any(ch.isalnum() for ch in text):
+            text = ""
+        return Transcript(utterance_id=utterance_id, text=text, language=self.config.language or "en",
+                          avg_logprob=avg_logprob, no_speech_prob=no_speech, flags=flags if text else ())
+
+    @staticmethod
+    def _max_new_tokens(x: np.ndarray) -> int:
+        return int(8 * x.size / SAMPLE_RATE) + 16  # speech is < 8 tokens/s: a loop cannot run away
+
     def _transcribe_short(self, x: np.ndarray, utterance_id: int) -> Transcript | None:
         """Greedy decoding over an encoder window sized to the utterance; None to fall back.
 
@@ -170,39 +221,16 @@ class Transcriber:
         with a repetition penalty (~50 ms) and, if it still repeats, cut back to its first copy;
         with `loop_recovery` off a repetitive result falls back instead.
         """
-        import ctranslate2
-        from faster_whisper.tokenizer import Tokenizer
-
-        model = self._model
         cfg = self.config
-        if not hasattr(model, "feature_extractor") or not hasattr(model, "model"):
-            return None  # not a faster_whisper.WhisperModel (e.g. a test double): the standard path
-        if model.model.is_multilingual and cfg.language is None:
+        if not self._short_ready():
             return None
-        features = model.feature_extractor(x)  # (n_mels, T) at 100 frames/s
-        n_frames = features.shape[-1]
-        window = int(np.ceil((n_frames + cfg.context_pad_s * 100) / 100.0)) * 100
-        window = max(window, int(cfg.min_window_s * 100))
+        features = self._model.feature_extractor(x)  # (n_mels, T) at 100 frames/s
+        window = self._window(features.shape[-1])
         if window > 3000:
             return None
-        padded = np.zeros((features.shape[0], window), dtype=np.float32)  # (n_mels, window)
-        padded[:, :n_frames] = features
-        encoded = model.model.encode(ctranslate2.StorageView.from_array(padded[None]), to_cpu=False)
-        language = cfg.language or "en"
-        tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language)
-        prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
-        max_new = int(8 * x.size / SAMPLE_RATE) + 16  # speech is < 8 tokens/s: a loop cannot run away
-
-        def decode(**options: float) -> tuple[str, float, float]:
-            result = model.model.generate(
-                encoded, [prompt], beam_size=cfg.beam_size, max_length=len(prompt) + max_new,
-                suppress_blank=True, suppress_tokens=[-1], return_scores=True, return_no_speech_prob=True,
-                **options,
-            )[0]
-            text = tokenizer.decode(result.sequences_ids[0]).strip()
-            return text, float(result.scores[0]) if result.scores else 0.0, float(result.no_speech_prob)
-
-        text, avg_logprob, no_speech = decode()
+        encoded = self._encode([features], window)
+        max_new = self._max_new_tokens(x)
+        ((text, avg_logprob, no_speech),) = self._decode(encoded, 1, max_new)
         flags: tuple[str, ...] = ()
         if not cfg.loop_recovery:
             if text and (_THREE_TIMES.search(text.lower()) or _compressible(text)):
@@ -211,18 +239,42 @@ class Transcriber:
                 return None
         elif _too_repetitive(text):
             looped = text
-            text, avg_logprob, no_speech = decode(repetition_penalty=cfg.repetition_penalty)
+            ((text, avg_logprob, no_speech),) = self._decode(encoded, 1, max_new,
+                                                             repetition_penalty=cfg.repetition_penalty)
             if _too_repetitive(text):
                 text = collapse_repeats(text)
             flags = (LOOP_FLAG,)
             logger.info("ASR looped on utterance %d; decoded again", utterance_id)  # no text at INFO
             logger.debug("ASR loop on utterance %d: %s -> %s", utterance_id, shown(looped), shown(text))
-        # whisper's own silence rule (no_speech_threshold 0.6, log_prob_threshold -1), and no
-        # transcript made of punctuation alone
-        if (no_speech > 0.6 and avg_logprob < -1.0) or not any(ch.isalnum() for ch in text):
-            text = ""
-        return Transcript(utterance_id=utterance_id, text=text, language=language, avg_logprob=avg_logprob,
-                          no_speech_prob=no_speech, flags=flags if text else ())
+        return self._short_transcript(text, avg_logprob, no_speech, flags, utterance_id)
+
+    def transcribe_batch(self, audios: Sequence[np.ndarray], utterance_ids: Sequence[int]) -> list[Transcript]:
+        """Several utterances (of different dialogues) in one encoder and one decoder call.
+
+        The batch is encoded in the longest item's window (the others get more trailing silence).
+        Items the batch cannot take (empty, longer than ~28 s, a result that repeats itself, a
+        configuration the short path does not serve) go through `transcribe` one by one, so every
+        item gets what `transcribe` guarantees (no loop reaches a final).
+        """
+        cfg = self.config
+        xs = [np.asarray(a, dtype=np.float32).reshape(-1) for a in audios]  # each (n,)
+        results: list[Transcript | None] = [None] * len(xs)
+        batchable = (cfg.short_context and not cfg.word_timestamps and cfg.initial_prompt is None
+                     and self._short_ready() and len(xs) > 1)
+        if batchable:
+            t0 = time.perf_counter()
+            feats = {i: self._model.feature_extractor(x) for i, x in enumerate(xs) if x.size}  # (n_mels, T)
+            take = [i for i, f in feats.items() if self._window(f.shape[-1]) <= 3000]
+            if len(take) > 1:
+                window = max(self._window(feats[i].shape[-1]) for i in take)
+                encoded = self._encode([feats[i] for i in take], window)
+                decoded = self._decode(encoded, len(take), max(self._max_new_tokens(xs[i]) for i in take))
+                for i, (text, avg_logprob, no_speech) in zip(take, decoded):
+                    if not (_too_repetitive(text) or _THREE_TIMES.search(text.lower())):
+                        results[i] = self._short_transcript(text, avg_logprob, no_speech, (), utterance_ids[i])
+                logger.debug("ASR batch of %d (window %d frames) in %.0f ms", len(take), window,
+                             (time.perf_counter() - t0) * 1e3)
+        return [r if r is not None else self.transcribe(xs[i], utterance_ids[i]) for i, r in enumerate(results)]
 
     def start(self, event: EndpointPending) -> PendingTranscript:
         """A not-yet-run early transcription of the audio of an EndpointPending."""
@@ -273,6 +325,24 @@ class PendingTranscript:
             and self.start_sample == end.start_sample
             and 0 <= extension <= max_extension_samples
         )
+
+
+def run_batch(jobs: Sequence[PendingTranscript]) -> None:
+    """Run early jobs of several dialogues (on one shared Transcriber) in one batched call; each
+    job keeps its result as `run()` would. Cancelled jobs are skipped."""
+    by_model: dict[int, list[PendingTranscript]] = {}
+    for job in jobs:
+        if not job.cancelled:
+            by_model.setdefault(id(job.transcriber), []).append(job)
+    for group in by_model.values():
+        if len(group) == 1:
+            group[0].run()
+            continue
+        t0 = time.perf_counter()
+        transcripts = group[0].transcriber.transcribe_batch([j.audio for j in group], [PROVISIONAL_ID] * len(group))
+        elapsed = time.perf_counter() - t0
+        for job, transcript in zip(group, transcripts):
+            job.result, job.elapsed_s = transcript, elapsed
 
 
 class EarlyTranscriber:

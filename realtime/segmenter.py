@@ -46,6 +46,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from emostream.model.features.pcm import as_float32
 from emostream.realtime.types import SAMPLE_RATE, Utterance, VideoFrame, samples_to_ns
 
 logger = logging.getLogger(__name__)
@@ -304,9 +305,7 @@ class Segmenter:
         x = np.asarray(samples)
         if x.ndim != 1:
             raise ValueError(f"expected mono (n,) samples, got shape {x.shape}")
-        if x.dtype == np.int16:
-            x = x.astype(np.float32) / np.float32(32768.0)
-        x = x.astype(np.float32, copy=False)
+        x = as_float32(x)
         self._anchor(t0_ns)
         self._buf.append(x)
         events: list[SegmentEvent] = []

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from emostream.model.features.pcm import resample_frames
 from emostream.realtime.types import SAMPLE_RATE, AudioChunk, VideoFrame, samples_to_ns
 
 logger = logging.getLogger(__name__)
@@ -69,18 +70,10 @@ def decode_file(path: str | Path) -> tuple[np.ndarray, list[tuple[float, np.ndar
     try:
         with av.open(str(path)) as container:
             if container.streams.audio:
-                resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-                for frame in container.decode(audio=0):
-                    for out in resampler.resample(frame):
-                        audio_parts.append(out.to_ndarray().reshape(-1))
-                for out in resampler.resample(None):
-                    audio_parts.append(out.to_ndarray().reshape(-1))
+                audio_parts = list(_audio_blocks(container))
         with av.open(str(path)) as container:
             if container.streams.video:
-                stream = container.streams.video[0]
-                for frame in container.decode(stream):
-                    pts = float(frame.pts * frame.time_base) if frame.pts is not None else len(frames) / 25.0
-                    frames.append((pts, frame.to_ndarray(format="bgr24")))
+                frames = list(_video_frames(container))
     except (OSError, av.error.FFmpegError) as e:  # type: ignore[attr-defined]
         raise SourceError(f"cannot decode media file {path}: {e}") from e
     audio = np.concatenate(audio_parts).astype(np.float32) if audio_parts else np.zeros(0, np.float32)
@@ -116,14 +109,7 @@ class _Chunker:
 
 def _audio_blocks(container: Any) -> Iterator[np.ndarray]:
     """The first audio stream, decoded lazily and resampled to 16 kHz mono float32 (only it is decoded)."""
-    import av
-
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-    for frame in container.decode(container.streams.audio[0]):
-        for out in resampler.resample(frame):
-            yield out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
-    for out in resampler.resample(None):
-        yield out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+    return resample_frames(container.decode(container.streams.audio[0]), SAMPLE_RATE)
 
 
 def _video_frames(container: Any) -> Iterator[tuple[float, np.ndarray]]:

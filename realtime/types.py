@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from emostream.model.config import MODALITIES
+from emostream.model.features.pcm import as_float32
 
 SAMPLE_RATE = 16_000
 """The sample rate of every `Utterance` (what Silero and whisper expect)."""
@@ -46,9 +47,7 @@ class AudioChunk:
 
     def as_float32(self) -> np.ndarray:
         """(n,) float32 in [-1, 1], whatever the capture format."""
-        if self.samples.dtype == np.int16:
-            return self.samples.astype(np.float32) / np.float32(32768.0)
-        return np.asarray(self.samples, dtype=np.float32)
+        return as_float32(self.samples)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from emostream.model.features.pcm import as_float32, resample_frames
+
 logger = logging.getLogger(__name__)
 
 DATA = Path(__file__).resolve().parent / "data" / "conversations"
@@ -171,13 +173,9 @@ def decode(path: Path) -> np.ndarray:
         stream = container.streams.audio[0]
         exact = stream.rate == SAMPLE_RATE and stream.channels == 1 and stream.format.name in ("s16", "s16p")
         if exact:
-            pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(stream)])
-            return pcm.astype(np.float32) / np.float32(32768.0)
+            return as_float32(np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(stream)]))
         logger.info("resampling %s (%d Hz x%d) to 16 kHz mono", path, stream.rate, stream.channels)
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-        chunks = [out.to_ndarray().reshape(-1) for f in container.decode(stream) for out in resampler.resample(f)]
-        chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
-        return np.concatenate(chunks).astype(np.float32)
+        return np.concatenate(list(resample_frames(container.decode(stream), SAMPLE_RATE)))
 
 
 def turns_with_their_speaker(conv: Conversation, found: Iterable[tuple[float, float, object]]) -> tuple[int, int, dict]:

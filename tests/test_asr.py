@@ -63,6 +63,24 @@ def test_tiny_en_wer_on_fixture(tiny):
     assert wer <= 0.30, (wer, hyps)
 
 
+def test_a_batch_transcribes_each_utterance_as_well_as_one_by_one(tiny):
+    """Utterances of different lengths (as several dialogues' early ASR would come) in one batched
+    call: each keeps its own words (the batch does not mix them up) at the one-by-one WER; an empty
+    item is empty, and its neighbours are unaffected."""
+    audio, truth = load_dialogue()
+    pad = SR // 10
+    clips = [audio[round(u["start_s"] * SR) - pad : round(u["end_s"] * SR) + pad] for u in truth]
+    refs = [u["text"] for u in truth]
+    one_by_one = [tiny.transcribe(c, i).text for i, c in enumerate(clips)]
+    batch = tiny.transcribe_batch([*clips, np.zeros(0, np.float32)], [*range(len(clips)), 99])
+    assert [t.utterance_id for t in batch] == [*range(len(clips)), 99] and batch[-1].text == ""
+    texts = [t.text for t in batch[:-1]]
+    wer_batch, wer_single = word_error_rate(refs, texts), word_error_rate(refs, one_by_one)
+    assert wer_batch <= max(0.30, wer_single + 0.05), (texts, one_by_one)
+    for i, text in enumerate(texts):  # each item is its own utterance: nearest to its own reference
+        assert min(range(len(refs)), key=lambda j: word_error_rate([refs[j]], [text])) == i, (i, text)
+
+
 def test_empty_audio_and_silence(tiny):
     tr = tiny.transcribe(np.zeros(0, np.float32), utterance_id=7)
     assert tr.text == "" and tr.utterance_id == 7

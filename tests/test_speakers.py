@@ -61,14 +61,9 @@ def test_unknown_mode_is_an_error() -> None:
 # ------------------------------------------------------------------------------------ espeak-ng speech
 def load_lines(name: str) -> tuple[np.ndarray, list[dict]]:
     if name == "sample":
-        av = pytest.importorskip("av")
-        parts: list[np.ndarray] = []
-        with av.open(str(ROOT / "demo/media/sample.mp4")) as container:
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=SR)
-            for frame in container.decode(audio=0):
-                parts += [o.to_ndarray().reshape(-1) for o in resampler.resample(frame)]
-            parts += [o.to_ndarray().reshape(-1) for o in resampler.resample(None)]
-        return np.concatenate(parts), json.loads((ROOT / "demo/media/sample.json").read_text())["lines"]
+        from emostream.realtime.sources import decode_file
+
+        return decode_file(ROOT / "demo/media/sample.mp4")[0], json.loads((ROOT / "demo/media/sample.json").read_text())["lines"]
     with wave.open(str(ROOT / f"tests/data/{name}.wav")) as w:
         assert w.getframerate() == SR and w.getnchannels() == 1
         audio = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32768.0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from emostream.model.batch import DialogueFeatures
 from emostream.model.config import MODALITIES
 from emostream.model.data.records import DialogueRecord, UtteranceRecord, label_index
 from emostream.model.features.context import ContextInput, dialogue_inputs
+from emostream.model.features.pcm import resample_frames
 from emostream.model.features.spec import FeatureError
 
 logger = logging.getLogger(__name__)
@@ -58,18 +59,20 @@ def decode_audio(
         if not container.streams.audio:
             return None
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
         if start_s:
             container.seek(int(start_s * av.time_base), any_frame=False, backward=True)
-        chunks: list[np.ndarray] = []
         first_t: float | None = None
-        for frame in container.decode(stream):
-            if first_t is None:
-                first_t = float(frame.time) if frame.time is not None else 0.0
-            if end_s is not None and frame.time is not None and frame.time > end_s:
-                break
-            chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
-        chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
+
+        def span() -> Iterator[Any]:  # the decoded frames up to end_s, noting the first one's time
+            nonlocal first_t
+            for frame in container.decode(stream):
+                if first_t is None:
+                    first_t = float(frame.time) if frame.time is not None else 0.0
+                if end_s is not None and frame.time is not None and frame.time > end_s:
+                    return
+                yield frame
+
+        chunks = list(resample_frames(span(), sample_rate))
     samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
     if start_s is not None or end_s is not None:
         t0 = first_t or 0.0

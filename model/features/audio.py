@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from emostream.model.features.pcm import as_float32
 from emostream.model.features.spec import AUDIO_DIMS, FeatureError, SpecCarrier, audio_spec
 
 logger = logging.getLogger(__name__)
@@ -65,11 +66,9 @@ class AudioFeaturizer(SpecCarrier):
             x = x.reshape(-1)
         if x.ndim != 1:
             raise FeatureError(f"expected mono audio of shape (N,), got shape {x.shape}")
-        if x.dtype == np.int16:
-            x = x.astype(np.float32) / 32768.0
-        elif not np.issubdtype(x.dtype, np.floating):
+        if x.dtype != np.int16 and not np.issubdtype(x.dtype, np.floating):
             raise FeatureError(f"expected float32 or int16 samples, got {x.dtype}")
-        x = x.astype(np.float32, copy=False)
+        x = as_float32(x)
         if not np.all(np.isfinite(x)):
             raise FeatureError("audio contains NaN or infinite samples")
         if sample_rate <= 0:

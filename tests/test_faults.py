@@ -25,6 +25,7 @@ from emostream.realtime.segmenter import Segmenter, SegmenterConfig
 from emostream.realtime.session import DialogueSession
 from emostream.realtime.types import AudioChunk, Transcript, VideoFrame
 from emostream.realtime.worker import FrameRing, Worker
+from tests.helpers import wait_until
 
 DATA = Path(__file__).parent / "data"
 # One final per scripted line is what these tests count on: the espeak-ng fixture's lines are a second
@@ -360,12 +361,9 @@ def test_the_microphone_raises_and_is_reopened(audio: np.ndarray, monkeypatch: p
     statuses: list[str] = []
     mic = sources.MicrophoneSource()
     mic.start(got.append, lambda code, msg: statuses.append(code))
-    deadline = time.monotonic() + 10
-    while len(got) < 20 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: len(got) >= 20, what="audio from the reopened microphone")  # it came back and delivers
     mic.stop()
     assert statuses and statuses[0] == "microphone_retry" and fake.opened >= 2
-    assert len(got) >= 20  # it came back and delivers audio
 
 
 class FakeCamera:
@@ -397,9 +395,11 @@ def test_a_failed_start_releases_the_camera_and_raises(shared: Any, monkeypatch:
     pipeline = Pipeline(PipelineConfig(segmenter=CONFIG.segmenter), lambda msg: None, shared.dialogue_parts())
     with pytest.raises(sources.SourceError, match="PortAudio"):
         pipeline.start()
-    time.sleep(0.1)
-    left = [t.name for t in threading.enumerate() if t.ident not in before and not t.daemon]
-    assert left == [], left
+
+    def left() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.ident not in before and not t.daemon]
+
+    wait_until(lambda: not left(), what=lambda: f"the threads of the failed start to end; still running: {left()}")
 
 
 def test_the_end_of_turn_model_raises(shared: Any, audio: np.ndarray) -> None:

@@ -21,21 +21,18 @@ import json
 import math
 import os
 import random
-import socket
 import struct
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import cv2
-import jsonschema
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -48,22 +45,13 @@ from emostream.realtime.scheduler import Scheduler
 from emostream.realtime.sessions import SessionManager
 from emostream.realtime.transport.broadcast import ClientQueue
 from emostream.realtime.transport.ws import Server
+from tests.helpers import HANDSHAKE, LABELS, eventually, final, interim, raw_ws, validate
 
 T = TypeVar("T")
-LABELS = ["anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"]
-VALIDATORS = {kind: jsonschema.Draft202012Validator(schema) for kind, schema in protocol.SCHEMAS.items()}
 LIMIT = 1024  # max_message_bytes of the fuzzed servers: too_big above it, close 1009 above 4x
-FUZZ = settings(deadline=None, database=None, suppress_health_check=list(HealthCheck))
+# The fuzzing runs under the hypothesis profile of tests/conftest.py ("ci": derandomized, a failure
+# prints a @reproduce_failure blob); only the number of examples is set here.
 _ids = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def shared(engine_cache: Path) -> Any:
-    from emostream.realtime.runtime import load_shared_models
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EMOSTREAM_CACHE", str(engine_cache))
-        return load_shared_models(PipelineConfig())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,13 +91,6 @@ class LiveServer:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(10)
             self.loop.close()
-
-
-def validate(msg: dict) -> dict:
-    """Every message the server sends matches the JSON Schema of its type."""
-    assert msg.get("type") in protocol.SERVER_TYPES, msg
-    VALIDATORS[msg["type"]].validate(msg)
-    return msg
 
 
 @dataclass
@@ -303,7 +284,7 @@ def test_fuzzed_client_messages_get_the_documented_answer() -> None:
                 assert hello["type"] == "hello"
             return state["ws"]
 
-        @settings(FUZZ, max_examples=150)
+        @settings(max_examples=150)
         @given(text=CLIENT_TEXTS)
         def check(text: str) -> None:
             outcome = live.call(exchange(connection(), text))
@@ -319,7 +300,7 @@ def test_invalid_utf8_text_frames_close_with_1007_others_are_parsed() -> None:
     with LiveServer() as live:
         state: dict[str, Any] = {"closes": 0}
 
-        @settings(FUZZ, max_examples=40)
+        @settings(max_examples=40)
         @given(data=st.binary(max_size=64) | st.builds(lambda b: b'{"type":"ping","v":1,"id":"' + b + b'"}',
                                                       st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xc0\xaf",
                                                                        b"\xf8\x88\x80\x80\x80", b"\xe2\x82"])))
@@ -466,7 +447,7 @@ def test_fuzzed_media_frames_on_a_capturing_connection(shared: Any) -> None:
         # a first good audio frame: video is placed on the audio clock, so it is decoded from then on
         assert live.call(exchange(state["ws"], mf.encode_audio(0, 0.0, np.zeros(1024, np.int16)))).replies == []
 
-        @settings(FUZZ, max_examples=150)
+        @settings(max_examples=150)
         @given(spec=media_frames())
         def check(spec: FrameSpec) -> None:
             nexts = state["next"]
@@ -520,43 +501,6 @@ def client_frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0,
         return head + payload
     key = os.urandom(4)
     return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-
-
-HANDSHAKE = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
-
-
-async def raw_ws(port: int, rcvbuf: int = 4096) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A websocket client on a raw socket with a tiny receive buffer, which reads nothing after the handshake."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
-    writer.write(HANDSHAKE)
-    await writer.drain()
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return reader, writer
-
-
-async def eventually(cond: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"{what}: not met in {timeout} s"
-        await asyncio.sleep(0.02)
-
-
-def final(i: int, text: str = "") -> dict:
-    probs = {k: (0.7 if k == "joy" else 0.05) for k in LABELS}
-    return protocol.prediction(final=True, utterance_id=i, speaker=i % 2, text=text or f"line {i}", probs=probs,
-                               t_start_ms=i * 1000.0, t_end_ms=i * 1000.0 + 800, latency_ms=50.0)
-
-
-def interim(i: int) -> dict:
-    probs = {k: 1 / len(LABELS) for k in LABELS}
-    return protocol.prediction(final=False, utterance_id=i, speaker=0, text="", probs=probs, t_start_ms=i * 1000.0,
-                               t_end_ms=i * 1000.0 + 400)
 
 
 async def churn_one(i: int, server: Server, rng: random.Random) -> str:
@@ -622,15 +566,13 @@ async def churn_one(i: int, server: Server, rng: random.Random) -> str:
 class Watcher:
     ws: ClientConnection
     finals: list[int] = field(default_factory=list)
-    latency_s: list[float] = field(default_factory=list)
 
 
-async def watch(w: Watcher, n_finals: int, sent_at: dict[int, float]) -> None:
+async def watch(w: Watcher, n_finals: int) -> None:
     while len(w.finals) < n_finals:
         msg = validate(json.loads(await asyncio.wait_for(w.ws.recv(), 30)))
         if msg["type"] == "prediction" and msg["final"]:
             w.finals.append(msg["utterance_id"])
-            w.latency_s.append(time.monotonic() - sent_at[msg["utterance_id"]])
 
 
 async def drain_into(ws: ClientConnection, into: list[dict]) -> None:
@@ -661,12 +603,11 @@ def test_burst_of_hostile_clients_while_a_watcher_gets_every_final(shared: Any) 
 
     async def scenario(server: Server, manager: SessionManager) -> None:
         assert server.broadcaster.clients == 0 and not server._connections
-        sent_at: dict[int, float] = {}
         watcher = Watcher(await connect(server.ws_url, compression=None, max_size=None))
         assert validate(json.loads(await asyncio.wait_for(watcher.ws.recv(), 20)))["type"] == "hello"
         await eventually(lambda: server.broadcaster.clients == 1)
         (watcher_q,) = server.broadcaster.queues()
-        watching = asyncio.create_task(watch(watcher, n_big + n_small, sent_at))
+        watching = asyncio.create_task(watch(watcher, n_big + n_small))
 
         # clients that never read, and one that floods pings without reading
         stalled = [await raw_ws(server.port) for _ in range(3)]
@@ -680,11 +621,10 @@ def test_burst_of_hostile_clients_while_a_watcher_gets_every_final(shared: Any) 
         # then their queues, which drop the oldest
         filler = os.urandom(32_000).hex()
         for i in range(n_big):
-            sent_at[i] = time.monotonic()
             server.publish(final(i, text=filler))
             server.publish(interim(i))
             await asyncio.sleep(0.002)
-        await eventually(lambda: all(q.dropped > 0 for q in stalled_qs), 10, "never-readers dropping")
+        await eventually(lambda: all(q.dropped > 0 for q in stalled_qs), 30, "never-readers dropping")
         assert all(len(q) <= qsize for q in stalled_qs)
 
         # capture: a client sending 8 s of audio at once gets too_fast and goes on; a third session is busy
@@ -708,7 +648,6 @@ def test_burst_of_hostile_clients_while_a_watcher_gets_every_final(shared: Any) 
         # the churn, while finals are published from another thread (as the pipeline does)
         def publisher() -> None:
             for i in range(n_big, n_big + n_small):
-                sent_at[i] = time.monotonic()
                 assert server.publish_threadsafe(final(i))
                 if i % 3 == 0:
                     server.publish_threadsafe(interim(i))
@@ -729,8 +668,8 @@ def test_burst_of_hostile_clients_while_a_watcher_gets_every_final(shared: Any) 
         assert tally.get("busy", 0) + tally.get("capture", 0) == n_churn // 8, tally
 
         await asyncio.wait_for(watching, 60)
+        # every final, in order (how fast they come is measured by benchmarks/load.py, not asserted here)
         assert watcher.finals == list(range(n_big + n_small)), "the watcher missed or reordered finals"
-        assert max(watcher.latency_s) < 10, max(watcher.latency_s)
 
         # the too-fast capturer is still served
         await fast.send(json.dumps(protocol.ping("fast")))
@@ -749,7 +688,7 @@ def test_burst_of_hostile_clients_while_a_watcher_gets_every_final(shared: Any) 
         await eventually(lambda: server.broadcaster.clients == 1 and len(server._connections) == 1
                          and server._ws is not None and len(server._ws.connections) == 1, 30, "baseline")
         assert server.broadcaster.queues() == [watcher_q]
-        await eventually(lambda: manager.sessions() == [], 10, "sessions closed")
+        await eventually(lambda: manager.sessions() == [], 30, "sessions closed")
         health = server.health()
         assert health["ok"] and health["clients"] == 1 and health["capture"]["sessions"] == 0, health
         assert health["drops"] >= sum(q.dropped for q in stalled_qs) > 0

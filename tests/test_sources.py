@@ -20,6 +20,7 @@ from emostream.realtime.sources import (
 )
 from emostream.realtime.types import SAMPLE_RATE, AudioChunk, VideoFrame, samples_to_ns
 from emostream.realtime.worker import DropOldestQueue, FrameRing
+from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,15 +54,28 @@ def test_mp4_delivers_frames_inside_the_audio_timeline() -> None:
 
 
 def test_realtime_pacing() -> None:
+    """realtime=True never delivers audio ahead of the wall clock: each chunk arrives once the clock
+    has passed the chunk's end (the file played as a microphone would), in order and without gaps;
+    stop() ends playback. A busy machine can only make the chunks later, so nothing here depends on
+    its speed. (How late a live source's audio gets under load: benchmarks/latency.py, sessions.py.)"""
     src = MediaFileSource(ROOT / "tests/data/dialogue.wav", realtime=True)
-    got: list[AudioChunk] = []
-    t0 = time.monotonic()
-    src.start(got.append)
-    time.sleep(1.0)
+    got: list[tuple[int, AudioChunk]] = []  # (monotonic_ns on arrival, chunk)
+    enough = threading.Event()
+
+    def on_audio(chunk: AudioChunk) -> None:
+        got.append((time.monotonic_ns(), chunk))
+        if len(got) >= 16:  # 0.5 s of audio
+            enough.set()
+
+    src.start(on_audio)
+    assert enough.wait(60), "no audio from the source"
+    paced = list(got)  # what came before stop(): stopping cuts the wait for the next chunk short
     src.stop()
-    seconds = sum(c.samples.size for c in got) / 16000
-    assert 0.7 <= seconds <= 1.3, f"{seconds:.2f} s of audio in 1 s of wall time"
-    assert time.monotonic() - t0 < 3
+    assert src.finished.is_set()  # stop() ended the playback thread
+    early = [(i, c.t0_ns + samples_to_ns(c.samples.size) - arrived) for i, (arrived, c) in enumerate(paced)
+             if arrived < c.t0_ns + samples_to_ns(c.samples.size)]
+    assert early == [], f"chunks delivered before the wall clock reached their end (index, ns early): {early}"
+    assert np.all(np.diff([c.t0_ns for _, c in got]) == samples_to_ns(CHUNK_SAMPLES))
 
 
 def test_missing_and_broken_files_give_clear_errors(tmp_path: Path) -> None:
@@ -168,13 +182,11 @@ def test_no_video_is_decoded_without_on_frame(monkeypatch: pytest.MonkeyPatch) -
     done = threading.Event()
     src = MediaFileSource(ROOT / "demo/media/sample.mp4", realtime=False)
     assert src.has_video
-    t = time.monotonic()
     src.start(chunks.append, None, on_end=done.set)
     assert done.wait(60)
     src.stop()
     assert src.error is None and src.frames_decoded == 0
-    assert abs(sum(c.samples.size for c in chunks) / SAMPLE_RATE - 47.6) < 0.1
-    assert time.monotonic() - t < 30
+    assert abs(sum(c.samples.size for c in chunks) / SAMPLE_RATE - 47.6) < 0.1  # all of the audio
 
 
 def test_long_looped_input_keeps_buffering_bounded() -> None:
@@ -266,9 +278,7 @@ def test_webcam_missing_then_failing_is_retried_not_fatal() -> None:
     statuses: list[tuple[str, str]] = []
     frames: list[VideoFrame] = []
     cam.start(frames.append, lambda code, msg: statuses.append((code, msg)))
-    deadline = time.monotonic() + 10
-    while len(frames) < 10 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: len(frames) >= 10, what="10 frames from the reopened camera")
     cam.stop()
     codes = [c for c, _ in statuses]
     assert codes[:3] == ["camera_retry", "camera_retry", "camera_ok"]

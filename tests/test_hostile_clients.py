@@ -63,8 +63,8 @@ class LiveServer:
 
     def __init__(self, shared: Any = None, **server_kw: Any) -> None:
         self.hooked: list[tuple[Any, str]] = []  # what reached on_client_message
-        self.manager = SessionManager(shared, PipelineConfig()) if shared is not None else None
-        self.scheduler: Scheduler | None = None
+        self.scheduler = Scheduler()
+        self.manager = SessionManager(shared, PipelineConfig(), self.scheduler) if shared is not None else None
         hello = protocol.hello(labels=LABELS, model="test-model", modalities=["text"])
         self.server = Server("127.0.0.1", 0, hello=hello, capture=self.manager, max_message_bytes=LIMIT,
                              on_client_message=lambda m, cid: self.hooked.append((m, cid)), **server_kw)
@@ -77,7 +77,7 @@ class LiveServer:
     def __enter__(self) -> LiveServer:
         self._thread.start()
         if self.manager is not None:
-            self.scheduler = Scheduler(self.manager).start()
+            self.scheduler.start()
             self.server.health_checks["scheduler"] = self.scheduler.health
         self.call(self.server.start())
         return self
@@ -86,8 +86,9 @@ class LiveServer:
         try:
             self.call(self.server.stop())
         finally:
-            if self.scheduler is not None:
-                self.scheduler.close()
+            if self.manager is not None:
+                self.manager.close_all()
+            self.scheduler.close()
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(10)
             self.loop.close()
@@ -589,8 +590,9 @@ def test_burst_of_hostile_clients_while_a_watcher_gets_every_final(shared: Any) 
     rng = random.Random(11)
 
     async def main() -> None:
-        manager = SessionManager(shared, PipelineConfig(), max_sessions=2)
-        scheduler = Scheduler(manager).start()
+        scheduler = Scheduler()
+        manager = SessionManager(shared, PipelineConfig(), scheduler, max_sessions=2)
+        scheduler.start()
         server = Server("127.0.0.1", 0, capture=manager, client_queue_size=qsize, ping_interval=2.0,
                         ping_timeout=3.0, close_timeout=1.0, send_timeout=3.0,
                         hello=protocol.hello(labels=LABELS, model="test-model", modalities=["text"]))
@@ -599,6 +601,7 @@ def test_burst_of_hostile_clients_while_a_watcher_gets_every_final(shared: Any) 
             async with server:
                 await scenario(server, manager)
         finally:
+            await asyncio.to_thread(manager.close_all)
             await asyncio.to_thread(scheduler.close)
 
     async def scenario(server: Server, manager: SessionManager) -> None:

@@ -39,12 +39,14 @@ def fixture_pcm() -> np.ndarray:
 
 def run(shared: Any, scenario, **manager_kw: Any) -> None:  # noqa: ANN001
     async def main() -> None:
-        manager = SessionManager(shared, PipelineConfig(), **manager_kw)
-        scheduler = Scheduler(manager).start()
+        scheduler = Scheduler()
+        manager = SessionManager(shared, PipelineConfig(), scheduler, **manager_kw)
+        scheduler.start()
         try:
             async with Server("127.0.0.1", 0, capture=manager) as server:
                 await scenario(server, manager)
         finally:
+            await asyncio.to_thread(manager.close_all)
             await asyncio.to_thread(scheduler.close)
 
     asyncio.run(asyncio.wait_for(main(), timeout=90))
@@ -92,7 +94,7 @@ def test_a_watcher_sending_media_and_a_client_faster_than_real_time(shared: Any)
             assert err["code"] == "too_fast", err
             (session,) = manager.sessions()
             await eventually(lambda: session.counters.audio_too_fast > 0, what="audio counted as too fast")
-            assert session.backlog_s() <= 2.0 + 1.0  # what was kept: no more than the slack ahead of the clock
+            assert session.dialogue.backlog_s() <= 2.0 + 1.0  # what was kept: no more than the slack ahead of the clock
 
     run(shared, scenario)
 
@@ -181,10 +183,10 @@ def test_healthz_is_503_with_the_reason_when_the_pipeline_dies(shared: Any) -> N
     pipeline.start()
     assert pipeline.health() == (True, "running")
 
-    def broken(timeout: float) -> None:
+    def broken() -> None:
         raise RuntimeError("queue exploded")
 
-    pipeline.audio_q.get = broken  # the worker's loop itself fails (not one chunk): the thread dies
+    pipeline.audio_q.get_nowait = broken  # the dialogue fails outside a chunk: the scheduler gives it up
     assert pipeline.wait(30)
     alive, reason = pipeline.health()
     assert not alive and "queue exploded" in reason

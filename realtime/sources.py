@@ -235,8 +235,8 @@ class MediaFileSource:
                 self.peak_buffered_frames = max(self.peak_buffered_frames, len(due) + (next_frame is not None))
             if self.realtime:
                 delay = (t_chunk + samples_to_ns(chunk.size) - time.monotonic_ns()) / 1e9
-                if delay > 0:
-                    self._stop.wait(delay)
+                if delay > 0 and self._stop.wait(delay):
+                    return None  # stopped while waiting: nothing more is delivered
             if on_frame is not None:
                 for pts, image in due:
                     t_frame = t0 + samples_to_ns(offset + lead) + int(pts * 1e9)

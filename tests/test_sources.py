@@ -69,10 +69,9 @@ def test_realtime_pacing() -> None:
 
     src.start(on_audio)
     assert enough.wait(60), "no audio from the source"
-    paced = list(got)  # what came before stop(): stopping cuts the wait for the next chunk short
     src.stop()
     assert src.finished.is_set()  # stop() ended the playback thread
-    early = [(i, c.t0_ns + samples_to_ns(c.samples.size) - arrived) for i, (arrived, c) in enumerate(paced)
+    early = [(i, c.t0_ns + samples_to_ns(c.samples.size) - arrived) for i, (arrived, c) in enumerate(got)
              if arrived < c.t0_ns + samples_to_ns(c.samples.size)]
     assert early == [], f"chunks delivered before the wall clock reached their end (index, ns early): {early}"
     assert np.all(np.diff([c.t0_ns for _, c in got]) == samples_to_ns(CHUNK_SAMPLES))

@@ -150,14 +150,16 @@ class Scheduler:
             return
         from emostream.realtime.asr import run_batch
 
+        t = time.perf_counter()
         try:
             run_batch([job for _, job in due])
         except Exception:  # noqa: BLE001 - the finals transcribe again (and report a failure)
             logger.exception("early ASR failed on a batch of %d", len(due))
             return
+        share_s = (time.perf_counter() - t) / len(due)
         self.asr_batches[len(due)] += 1
         for d, job in due:
-            d.worker.asr_done(job)
+            d.worker.asr_done(job, share_s)
 
     def _run_dialogue(self, d: Any) -> bool:
         worker = d.worker

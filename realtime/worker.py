@@ -258,10 +258,12 @@ class Worker:
         job, self.asr_due = self.asr_due, None
         return job
 
-    def asr_done(self, job: PendingTranscript) -> None:
-        """The driver ran `job` (alone or in a batch): note its time."""
+    def asr_done(self, job: PendingTranscript, share_s: float) -> None:
+        """The driver ran `job` (alone or in a batch): note its time, and count this dialogue's share
+        of the batch's compute (`share_s`) as its own work (the real-time factor)."""
         if job.elapsed_s is not None:
             self.timings["early_asr_ms"] = round(job.elapsed_s * 1000, 2)
+        self.busy_ns += int(share_s * 1e9)
 
     def _judge_turn(self, pause: EndpointPending) -> bool:
         """The end-of-turn model's verdict on the turn up to this pause (its silence so far included),

@@ -40,7 +40,7 @@ class FakeWorker:
         job, self.asr_due = self.asr_due, None
         return job
 
-    def asr_done(self, job) -> None:  # noqa: ANN001
+    def asr_done(self, job, share_s: float) -> None:  # noqa: ANN001
         self.asr_times.append(job.elapsed_s)
         self.asr_texts.append(job.result.text)
 

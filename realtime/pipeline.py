@@ -7,6 +7,7 @@ serving state is in `emostream.realtime.dialogue`, the dialogue logic in `emostr
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -45,30 +46,29 @@ class Pipeline:
 
         return build_components(self.config)
 
+    def _started(self) -> Dialogue:
+        assert self.dialogue is not None, "the pipeline has not started"
+        return self.dialogue
+
     @property
     def worker(self) -> Worker:
-        assert self.dialogue is not None, "the pipeline has not started"
-        return self.dialogue.worker
+        return self._started().worker
 
     @property
     def audio_q(self) -> DropOldestQueue:
-        assert self.dialogue is not None, "the pipeline has not started"
-        return self.dialogue.audio_q
+        return self._started().audio_q
 
     @property
     def frames(self) -> FrameRing:
-        assert self.dialogue is not None, "the pipeline has not started"
-        return self.dialogue.frames
+        return self._started().frames
 
     @property
-    def done(self) -> Any:
-        """An Event: set once the source has ended and every utterance has its final (or it failed)."""
-        assert self.dialogue is not None, "the pipeline has not started"
-        return self.dialogue.done
+    def done(self) -> threading.Event:
+        """Set once the source has ended and every utterance has its final (or the dialogue failed)."""
+        return self._started().done
 
     def hello(self) -> dict[str, Any]:
-        assert self.dialogue is not None, "the pipeline has not started"
-        return self.dialogue.hello()
+        return self._started().hello()
 
     def start(self) -> Pipeline:
         """Build the parts, start the sources and the scheduler. A failure releases whatever was

@@ -94,7 +94,8 @@ class Scheduler:
             return False, "the dialogue scheduler is not running"
         n = sum(self.asr_batches.values())
         mean = sum(k * v for k, v in self.asr_batches.items()) / n if n else 0.0
-        return True, f"running {len(self.dialogues())} dialogue(s); early ASR batches {n}, mean size {mean:.2f}"
+        names = ", ".join(d.name for d in self.dialogues())
+        return True, f"running {len(self.dialogues())} dialogue(s) [{names}]; early ASR batches {n}, mean size {mean:.2f}"
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -224,3 +224,21 @@ def test_a_cancelled_early_job_is_not_run() -> None:
     sched = scheduler_of(a)
     sched.run_round()
     assert FAKE_ASR.calls == [] and not sched.asr_batches and a.worker.asr_due is None
+
+
+def test_health_names_every_dialogue_and_the_batches_and_says_when_the_thread_is_gone() -> None:
+    log: list[str] = []
+    FAKE_ASR.calls.clear()
+    a, bb = FakeDialogue(log, "a", chunks=2), FakeDialogue(log, "bb", chunks=2)
+    a.worker.due_after = bb.worker.due_after = 1
+    sched = scheduler_of(a, bb)
+    assert sched.health() == (False, "the dialogue scheduler is not running")
+    sched.run_round()
+    sched.start()
+    try:
+        alive, reason = sched.health()
+        assert alive and "2 dialogue(s) [" in reason and "a" in reason and "bb" in reason
+        assert "early ASR batches 1, mean size 2.00" in reason
+    finally:
+        sched.close()
+    assert sched.health()[0] is False

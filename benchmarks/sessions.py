@@ -431,6 +431,7 @@ async def run_k(k: int, url: str, audio: np.ndarray, jpegs: list[bytes], args: a
     await sampler
     wall = time.monotonic() - t
     after = rss_mb(pid)
+    scheduler = await asyncio.to_thread(scheduler_health, url)
     reports = sorted((session_report(r, expected) for r in results), key=lambda s: s["index"])
     all_lat = [v for r in results for v in (final_latency_ms(m) for m in r.finals) if v is not None]
     rtfs = [s["rtf"] for s in reports if isinstance(s["rtf"], (int, float))]
@@ -438,6 +439,7 @@ async def run_k(k: int, url: str, audio: np.ndarray, jpegs: list[bytes], args: a
         "k": k,
         "wall_s": round(wall, 2),
         "timed_out_sessions": len(pending),
+        "scheduler": scheduler,  # /healthz: the dialogues it drives, early ASR batches run so far (cumulative)
         "server_rss_mb": {"before": before["rss_mb"], "peak": max(peak) if peak else None,
                           "after": after["rss_mb"], "hwm": after["hwm_mb"]},
         "summary": {
@@ -453,6 +455,25 @@ async def run_k(k: int, url: str, audio: np.ndarray, jpegs: list[bytes], args: a
         },
         "sessions": reports,
     }
+
+
+def scheduler_health(ws_url: str) -> str | None:
+    """The reason line of the server's `/healthz` part `scheduler` (None if it has none or no answer)."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(ws_url)
+    url = urllib.parse.urlunsplit(("https" if parts.scheme == "wss" else "http", parts.netloc, "/healthz",
+                                   "", ""))
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            body = json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        body = json.loads(e.read() or b"{}")
+    except (OSError, ValueError):
+        return None
+    return ((body.get("parts") or {}).get("scheduler") or {}).get("reason")
 
 
 async def wait_ready(url: str, timeout_s: float, probe_timeout_s: float = 5.0) -> float:

@@ -117,16 +117,23 @@ class FaceAnalyzer:
         return tuple(self.expert.labels)
 
     def analyze(self, frame: VideoFrame) -> FaceObservation:
-        image = frame.image
-        boxes = sorted(self.detector.detect_all(image), key=lambda b: b[2] * b[3], reverse=True)[: self.max_faces]
-        h, w = image.shape[:2]
-        if not boxes:
-            return FaceObservation(frame.t_ns, frame.index, (w, h), (), np.zeros((0, len(self.labels)), np.float32), ())
-        crops = np.stack([self.expert.preprocess(image, b) for b in boxes])  # (n, ...)
-        probs = np.asarray(self.expert.predict(crops), dtype=np.float32)  # (n, E)
-        mouths = tuple(mouth_patch(image, b) for b in boxes)
-        return FaceObservation(frame.t_ns, frame.index, (w, h), tuple(tuple(int(v) for v in b) for b in boxes),
-                               probs, mouths)
+        return self.analyze_batch([frame])[0]
+
+    def analyze_batch(self, frames: Sequence[VideoFrame]) -> list[FaceObservation]:
+        """Frames (of any dialogues): the detector on each, the expert on every face of all of
+        them in one batch."""
+        boxes = [sorted(self.detector.detect_all(f.image), key=lambda b: b[2] * b[3], reverse=True)[: self.max_faces]
+                 for f in frames]
+        crops = [self.expert.preprocess(f.image, b) for f, bs in zip(frames, boxes) for b in bs]
+        probs = (np.asarray(self.expert.predict(np.stack(crops)), dtype=np.float32) if crops  # (n, E)
+                 else np.zeros((0, len(self.labels)), np.float32))
+        out, at = [], 0
+        for f, bs in zip(frames, boxes):
+            h, w = f.image.shape[:2]
+            out.append(FaceObservation(f.t_ns, f.index, (w, h), tuple(tuple(int(v) for v in b) for b in bs),
+                                       probs[at:at + len(bs)], tuple(mouth_patch(f.image, b) for b in bs)))
+            at += len(bs)
+        return out
 
 
 class FaceTracker:

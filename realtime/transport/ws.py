@@ -55,6 +55,7 @@ DEFAULT_LABELS: tuple[str, ...] = ("anger", "disgust", "fear", "joy", "neutral",
 WS_PATH = "/ws"
 HEALTH_PATH = "/healthz"
 TOKEN_ENV = "EMOSTREAM_TOKEN"
+SERVER_STOPPING = "server stopping"  # the reason sessions are closed with when the server (or a replica) stops
 
 ClientMessageHandler = Callable[[ClientMessage, str], None]
 _TOKEN_RE = re.compile(r"[\x21-\x7e]+")  # visible ASCII: fits a Bearer header and a query string
@@ -143,6 +144,7 @@ class Server:
         self.set_hello(hello or protocol.hello(labels=DEFAULT_LABELS, model="none", modalities=()))
         self._ids = itertools.count(1)
         self._ws: _WsServer | None = None
+        self._hosted = False  # `host_on`: connections come from another listener
         self._connections: set[ServerConnection] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started_at = 0.0
@@ -177,6 +179,18 @@ class Server:
         logger.info("serving %s (websocket %s)", self.url, self.ws_url)
         return self
 
+    def host_on(self, loop: asyncio.AbstractEventLoop, port: int) -> None:
+        """Serve through someone else's listener (a cluster's HTTP proxy on `port`): the protocol,
+        sessions and health as `start` gives them, fed connection by connection through
+        `handle(connection)` (a websockets-like connection; see `emostream.realtime.cluster`)."""
+        self._loop, self._port, self._hosted = loop, port, True
+        self._allowed_origins = self._default_origins()
+        self._started_at = time.monotonic()
+
+    async def handle(self, connection: Any) -> None:
+        """One websocket connection, already accepted, for its whole life."""
+        await self._handle(connection)
+
     async def stop(self) -> None:
         """Close every connection (1001 going away) and stop listening. Idempotent."""
         ws, self._ws = self._ws, None
@@ -203,7 +217,7 @@ class Server:
 
     @property
     def running(self) -> bool:
-        return self._ws is not None
+        return self._ws is not None or self._hosted
 
     @property
     def port(self) -> int:
@@ -255,7 +269,7 @@ class Server:
     def publish_threadsafe(self, event: Mapping[str, Any]) -> bool:
         """`publish` from any thread. False if the server is not running (the event is dropped)."""
         loop = self._loop
-        if loop is None or self._ws is None or loop.is_closed():
+        if loop is None or not self.running or loop.is_closed():
             logger.debug("server not running: dropped %s event", event.get("type"))
             return False
         try:
@@ -325,18 +339,28 @@ class Server:
             offered.append(auth[7:].strip())
         return _secret_ok(offered, self._token)
 
+    def refusal(self, request: Any, query: str) -> tuple[int, str] | None:
+        """Why a websocket request (anything with `headers`) is refused, as (HTTP status, text),
+        or None to accept it: the Origin allow-list, then the token."""
+        if not self._origin_ok(request):
+            logger.warning("refused websocket from origin %r", request.headers.get("Origin"))
+            return 403, "origin not allowed"
+        if not self._token_ok(request, query):
+            logger.warning("refused websocket without a valid token")
+            return 401, "a valid token is required"
+        return None
+
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         try:
             parts = urlsplit(request.path)
         except ValueError:
             return _text_response(400, "bad request")
         if parts.path == WS_PATH:
-            if not self._origin_ok(request):
-                logger.warning("refused websocket from origin %r", request.headers.get("Origin"))
-                return _text_response(403, "origin not allowed")
-            if not self._token_ok(request, parts.query):
-                logger.warning("refused websocket without a valid token")
-                return _text_response(401, "a valid token is required", [("WWW-Authenticate", "Bearer")])
+            refused = self.refusal(request, parts.query)
+            if refused is not None:
+                status, text = refused
+                extra = [("WWW-Authenticate", "Bearer")] if status == 401 else []
+                return _text_response(status, text, extra)
             return None  # go on with the websocket handshake
         if parts.path == HEALTH_PATH:
             health = self.health()
@@ -415,8 +439,9 @@ class Server:
             loop.call_soon_threadsafe(self._deliver_logged, queue, event)
 
         def close(reason: str) -> None:
-            if reason != "disconnected":
-                asyncio.run_coroutine_threadsafe(ws.close(1000, reason[:100]), loop)
+            if reason != "disconnected":  # 1001 (going away) when the server stops: the page reconnects
+                code = 1001 if reason == SERVER_STOPPING else 1000
+                asyncio.run_coroutine_threadsafe(ws.close(code, reason[:100]), loop)
 
         try:
             session = await asyncio.to_thread(self.capture.open, client_id, send, close)

@@ -8,7 +8,8 @@ ingress:
   one_per_node: false         # at most one ingress replica a node
 models:                       # per kind: asr, turn, speaker, text, face, step
   asr: {min_replicas: 1, max_replicas: 2, max_batch_size: 8, batch_wait_s: 0.02}
-call_timeout_s: 10            # a model call not answered by then fails (its final is flagged)
+call_timeout_s: 3             # a model call not answered by then fails (its final is flagged)
+proxy_location: HeadOnly      # or EveryNode: a proxy on every node, behind your load balancer
 ```
 """
 
@@ -55,7 +56,8 @@ class ClusterConfig:
     ingress: IngressConfig = field(default_factory=IngressConfig)
     models: dict[str, ModelDeploymentConfig] = field(
         default_factory=lambda: {k: ModelDeploymentConfig(max_batch_size=DEFAULT_BATCH[k]) for k in KINDS})
-    call_timeout_s: float = 10.0
+    call_timeout_s: float = 3.0  # a call waits this long (a replica restarting); then its final is flagged
+    proxy_location: str = "HeadOnly"  # HTTP proxies: HeadOnly (one address) or EveryNode (behind a load balancer)
 
     @classmethod
     def load(cls, path: str | Path | None) -> ClusterConfig:
@@ -73,7 +75,7 @@ class ClusterConfig:
         return base.merged(data, str(path))
 
     def merged(self, data: dict[str, Any], where: str = "the cluster config") -> ClusterConfig:
-        unknown = set(data) - {"ingress", "models", "call_timeout_s"}
+        unknown = set(data) - {"ingress", "models", "call_timeout_s", "proxy_location"}
         if unknown:
             raise ValueError(f"{where}: unknown setting(s) {sorted(unknown)}")
         ingress = _replace(self.ingress, data.get("ingress") or {}, f"{where}: ingress")
@@ -83,7 +85,8 @@ class ClusterConfig:
                 raise ValueError(f"{where}: unknown model kind {kind!r} (one of {KINDS})")
             models[kind] = _replace(models[kind], settings or {}, f"{where}: models.{kind}")
         out = replace(self, ingress=ingress, models=models,
-                      call_timeout_s=float(data.get("call_timeout_s", self.call_timeout_s)))
+                      call_timeout_s=float(data.get("call_timeout_s", self.call_timeout_s)),
+                      proxy_location=str(data.get("proxy_location", self.proxy_location)))
         out.check()
         return out
 
@@ -95,6 +98,8 @@ class ClusterConfig:
                 raise ValueError(f"models.{kind}: need 1 <= min_replicas <= max_replicas")
             if m.max_batch_size < 1 or not 0 <= m.batch_wait_s <= 1.0:
                 raise ValueError(f"models.{kind}: max_batch_size >= 1 and batch_wait_s in [0, 1] s")
+        if self.proxy_location not in ("HeadOnly", "EveryNode"):
+            raise ValueError(f"proxy_location must be HeadOnly or EveryNode, got {self.proxy_location!r}")
         if not self.call_timeout_s > 0:
             raise ValueError("call_timeout_s must be > 0")
 

@@ -9,6 +9,7 @@ session lasts as long as it is used).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import sys
@@ -22,6 +23,7 @@ from emostream.realtime.cluster.config import ClusterConfig
 logger = logging.getLogger(__name__)
 
 APP_NAME = "emostream"
+SPREAD_ENV = "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING"
 
 
 def free_port(host: str) -> int:
@@ -54,13 +56,18 @@ def deploy(pipeline_config: Any, server_options: dict[str, Any], cluster: Cluste
     host = server_options.get("host") or "0.0.0.0"
     port = int(server_options.get("port") or 0) or free_port(host)
     server_options = {**server_options, "port": port}
+    if cluster.proxy_location == "HeadOnly":
+        # One proxy: by default it routes every new websocket to the ingress replica on its own node
+        # until that one is full; spread them over the nodes instead. (Read by the proxy's process:
+        # this reaches a Ray started here; on `ray start`, set it in that command's environment.)
+        os.environ.setdefault(SPREAD_ENV, "0")
     if not ray.is_initialized():
         ray.init(address=ray_address or "local", include_dashboard=False, logging_level=logging.WARNING,
                  **(ray_init or {}))
     http: dict[str, Any] = {"host": host, "port": port, "request_timeout_s": None}
     if tls is not None:
         http.update(ssl_certfile=tls[0], ssl_keyfile=tls[1])
-    serve.start(http_options=http)
+    serve.start(http_options=http, proxy_location=cluster.proxy_location)
     modalities = tuple(load_checkpoint(pipeline_config.checkpoint).modalities)
     serve.run(build_application(pipeline_config, server_options, cluster, idle_timeout_s, modalities),
               name=APP_NAME, route_prefix="/")

@@ -14,6 +14,14 @@ JSON object on stdout; logs go to stderr.
 
     python benchmarks/sessions.py --start-server [--sessions 1,2,4,6] [--video demo/media/sample.mp4]
     python benchmarks/sessions.py --port 8765 --server-pid PID [--token T]
+    python benchmarks/sessions.py --cluster ray [--sessions 1,2,4,6,8]
+
+With `--cluster ray` the same K run twice in one invocation: on the single-process server, then on
+`emostream serve --cluster ray` over a local two-node Ray cluster started here (`ray start --head
+--num-cpus 1`, then a second `ray start --num-cpus 1`; two ingress replicas, one a node). It adds,
+per K on the cluster: the batch sizes each model deployment reached (from `/healthz`), the memory of
+the Ray actors on each node and of Ray's daemons; and, with both servers up, the round trip of a
+`ping` through each (interleaved): what Ray's HTTP proxy adds to every message.
 
 Loopback only. Every wait has a deadline: a run stops by itself.
 """
@@ -459,6 +467,12 @@ async def run_k(k: int, url: str, audio: np.ndarray, jpegs: list[bytes], args: a
 
 def scheduler_health(ws_url: str) -> str | None:
     """The reason line of the server's `/healthz` part `scheduler` (None if it has none or no answer)."""
+    body = healthz(ws_url)
+    return (((body or {}).get("parts") or {}).get("scheduler") or {}).get("reason")
+
+
+def healthz(ws_url: str) -> dict[str, Any] | None:
+    """The server's `/healthz` body (None without an answer)."""
     import urllib.error
     import urllib.parse
     import urllib.request
@@ -473,7 +487,7 @@ def scheduler_health(ws_url: str) -> str | None:
         body = json.loads(e.read() or b"{}")
     except (OSError, ValueError):
         return None
-    return ((body.get("parts") or {}).get("scheduler") or {}).get("reason")
+    return body
 
 
 async def wait_ready(url: str, timeout_s: float, probe_timeout_s: float = 5.0) -> float:
@@ -516,6 +530,185 @@ async def run_all(args: argparse.Namespace, url: str, pid: int | None, audio: np
     return {"ready_s": round(ready_s, 2), "runs": runs}
 
 
+
+# ---------------------------------------------------------------------------------------------
+# The cluster run (--cluster ray)
+
+RAY_PORT = 6391
+
+
+class LocalRayCluster:
+    """Two Ray nodes of one CPU each on this machine (`ray start`), stopped with `ray stop --force`."""
+
+    def __init__(self, port: int = RAY_PORT) -> None:
+        from emostream.realtime.cluster.launch import SPREAD_ENV
+
+        self.address = f"127.0.0.1:{port}"
+        self.ray = str(Path(sys.executable).with_name("ray"))
+        # A loopback-only cluster of this benchmark: Ray's token authentication off (here `ray start`
+        # turns it on when ~/.ray/auth_token exists, and the second node then cannot join without it).
+        os.environ["RAY_AUTH_MODE"] = "disabled"
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", SPREAD_ENV: "0"}
+        subprocess.run([self.ray, "stop", "--force"], capture_output=True, env=env, timeout=60)
+        for cmd in ([self.ray, "start", "--head", "--num-cpus", "1", "--port", str(port), "--include-dashboard=false",
+                     "--disable-usage-stats", "--node-ip-address", "127.0.0.1"],
+                    [self.ray, "start", "--address", self.address, "--num-cpus", "1", "--node-ip-address", "127.0.0.1"]):
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
+            if done.returncode != 0:
+                self.stop()
+                raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr[-2000:]}")
+
+    def stop(self) -> None:
+        subprocess.run([self.ray, "stop", "--force"], capture_output=True, timeout=120)
+
+
+def ray_memory(address: str) -> dict[str, Any]:
+    """RSS of the live Ray actors per node (replicas, proxy, controller: from Ray's actor table, read
+    by a throwaway driver) and of Ray's daemons on this machine (gcs, raylets, agents, monitors)."""
+    code = (f"import json, ray; from ray._private.state import actors; ray.init(address={address!r}, logging_level='ERROR'); "
+            "print(json.dumps([[a['Address']['NodeID'], a['Pid'], a['ActorClassName']] "
+            "for a in actors(actor_state_name='ALIVE').values()]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    try:
+        table = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {"error": done.stderr[-500:]}
+    nodes: dict[str, dict[str, Any]] = {}
+    actor_pids = set()
+    for node, pid, cls in table:
+        actor_pids.add(pid)
+        entry = nodes.setdefault(node[:8], {"actors_mb": 0.0, "actors": {}})
+        mb = rss_mb(pid)["rss_mb"] or 0.0
+        entry["actors_mb"] = round(entry["actors_mb"] + mb, 1)
+        entry["actors"][cls.split(":")[-1]] = round(entry["actors"].get(cls.split(":")[-1], 0.0) + mb, 1)
+    daemons = 0.0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) in actor_pids:
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "site-packages/ray/" in cmd or cmd.startswith("ray::"):
+            daemons += rss_mb(int(proc.name))["rss_mb"] or 0.0
+    return {"nodes": nodes, "daemons_mb": round(daemons, 1)}
+
+
+def cluster_batches(ws_url: str) -> dict[str, dict[str, int]]:
+    """Per model deployment, batch size -> batches run so far (cumulative), from /healthz."""
+    body = healthz(ws_url) or {}
+    deployments = ((body.get("cluster") or {}).get("deployments")) or {}
+    return {name: {str(k): int(v) for k, v in (d.get("batches") or {}).items()}
+            for name, d in deployments.items() if "batches" in d}
+
+
+def batch_delta(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -> dict[str, Any]:
+    out = {}
+    for name, sizes in after.items():
+        delta = {int(k): v - before.get(name, {}).get(k, 0) for k, v in sizes.items()}
+        delta = {k: v for k, v in delta.items() if v > 0}
+        n = sum(delta.values())
+        out[name] = {"batches": n, "mean_size": round(sum(k * v for k, v in delta.items()) / n, 2) if n else None,
+                     "max_size": max(delta) if delta else None}
+    return out
+
+
+async def ping_rtt(urls: dict[str, str], count: int) -> dict[str, Any]:
+    """Round trip of `ping` -> `pong` on a watching connection to each server, interleaved: the
+    median difference is what the cluster's proxy adds to each message."""
+    from websockets.asyncio.client import connect
+
+    conns = {name: await connect(url.split("?")[0], ping_interval=None, open_timeout=30)
+             for name, url in urls.items()}
+    rtts: dict[str, list[float]] = {name: [] for name in urls}
+    try:
+        for ws in conns.values():
+            json.loads(await asyncio.wait_for(ws.recv(), 30))  # the hello
+        for i in range(count):
+            for name, ws in conns.items():
+                t = time.perf_counter()
+                await ws.send(json.dumps({"type": "ping", "v": 1, "id": i}))
+                while True:
+                    msg = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                    if msg.get("type") == "pong" and msg.get("id") == i:
+                        break
+                rtts[name].append((time.perf_counter() - t) * 1000)
+    finally:
+        for ws in conns.values():
+            await ws.close()
+    med = {name: round(statistics.median(v), 3) for name, v in rtts.items()}
+    return {"count": count, "median_rtt_ms": med,
+            "p95_rtt_ms": {name: percentiles(v)["p95"] for name, v in rtts.items()},
+            "proxy_adds_ms": round(med.get("cluster", 0.0) - med.get("single", 0.0), 3)}
+
+
+def run_cluster(args: argparse.Namespace, single_url: str | None, audio: np.ndarray, jpegs: list[bytes],
+                expected: int) -> dict[str, Any]:
+    """The Ks on `serve --cluster ray` over a local two-node cluster (and the ping comparison while
+    the single-process server, at `single_url`, is still up)."""
+    import yaml
+
+    cluster = LocalRayCluster()
+    server: ServerProcess | None = None
+    config = Path(tempfile.mkdtemp(prefix="emostream-cluster-")) / "cluster.yaml"
+    config.write_text(yaml.safe_dump({"ingress": {"replicas": 2, "one_per_node": True,
+                                                  "sessions_per_replica": max(args.sessions)}}))
+    try:
+        exe = str(Path(sys.executable).with_name("emostream"))
+        server = ServerProcess([], 0, args.startup_timeout_s, command=[
+            exe, "serve", "--source", "browser", "--host", HOST, "--port", "0", "--cluster", "ray",
+            "--ray-address", cluster.address, "--cluster-config", str(config), *args.server_arg])
+        url = f"ws://{HOST}:{server.port}/ws?source=browser"
+        out: dict[str, Any] = {"address": cluster.address, "startup_s": server.startup_s, "config": str(config)}
+        if single_url is not None:
+            out["ping"] = asyncio.run(ping_rtt({"single": single_url, "cluster": url}, args.ping_count))
+        out["memory_idle"] = ray_memory(cluster.address)
+        result = asyncio.run(run_cluster_ks(args, url, cluster.address, audio, jpegs, expected))
+        out.update(result)
+        return out
+    finally:
+        if server is not None:
+            server.stop()
+        cluster.stop()
+
+
+async def run_cluster_ks(args: argparse.Namespace, url: str, address: str, audio: np.ndarray, jpegs: list[bytes],
+                         expected: int) -> dict[str, Any]:
+    ready_s = await wait_ready(url, args.startup_timeout_s)
+    await asyncio.sleep(1.0)
+    runs = []
+    for n, k in enumerate(args.sessions):
+        if n:
+            await asyncio.sleep(args.pause_s)
+        before = await asyncio.to_thread(cluster_batches, url)
+        run = await run_k(k, url, audio, jpegs, args, expected, None)
+        run["batches"] = batch_delta(before, await asyncio.to_thread(cluster_batches, url))
+        run["memory"] = await asyncio.to_thread(ray_memory, address)
+        s = run["summary"]
+        logger.info("cluster K=%d: finals %d/%d, latency p50 %s p95 %s ms, batches %s", k, s["finals"],
+                    s["utterances"], s["latency_ms"]["p50"], s["latency_ms"]["p95"],
+                    {d: b["mean_size"] for d, b in run["batches"].items()})
+        runs.append(run)
+    return {"ready_s": round(ready_s, 2), "runs": runs}
+
+
+def compare(single: list[dict[str, Any]], cluster: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per K: p50 and p95 on each, and the cluster's p95 over the single-process server's."""
+    rows = []
+    by_k = {r["k"]: r for r in cluster}
+    for r in single:
+        c = by_k.get(r["k"])
+        if c is None:
+            continue
+        a, b = r["summary"]["latency_ms"], c["summary"]["latency_ms"]
+        rows.append({"k": r["k"], "single_p50": a["p50"], "single_p95": a["p95"], "cluster_p50": b["p50"],
+                     "cluster_p95": b["p95"],
+                     "p95_ratio": round(b["p95"] / a["p95"], 3) if a["p95"] and b["p95"] else None,
+                     "finals": [r["summary"]["finals"], c["summary"]["finals"]],
+                     "utterances": r["summary"]["utterances"]})
+    return rows
+
+
 def parse_ks(text: str) -> list[int]:
     try:
         ks = [int(x) for x in text.split(",") if x.strip()]
@@ -551,8 +744,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connect-timeout-s", type=float, default=20.0, help="for the websocket handshake and the hello")
     p.add_argument("--pause-s", type=float, default=3.0, help="pause between two K")
     p.add_argument("--speed", type=float, default=1.0, help="1 = real time; above 1 tests the server's too_fast")
+    p.add_argument("--cluster", choices=("ray",), default=None,
+                   help="ray: also run the Ks on `serve --cluster ray` over a local two-node Ray cluster (implies "
+                        "--start-server for the single-process side)")
+    p.add_argument("--ping-count", type=int, default=200, help="pings through each server (--cluster)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     args = p.parse_args(argv)
+    if args.cluster:
+        args.start_server = True
     logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not 1 <= args.frame_samples <= MAX_AUDIO_SAMPLES:
         p.error(f"--frame-samples must be 1..{MAX_AUDIO_SAMPLES}")
@@ -580,8 +779,14 @@ def main(argv: list[str] | None = None) -> int:
         pid, port = server.pid, server.port
     query = "source=browser" + (f"&token={quote(args.token, safe='')}" if args.token else "")
     url = f"ws://{HOST}:{port}/ws?{query}"
+    cluster: dict[str, Any] | None = None
     try:
         result = asyncio.run(run_all(args, url, pid, audio, jpegs, expected, args.sessions))
+        if args.cluster:
+            try:
+                cluster = run_cluster(args, url, audio, jpegs, expected)
+            except (RuntimeError, TimeoutError) as exc:
+                cluster = {"error": str(exc), "runs": []}
     except TimeoutError as exc:
         result = {"error": str(exc), "runs": []}
     finally:
@@ -599,8 +804,11 @@ def main(argv: list[str] | None = None) -> int:
         **({"error": result["error"]} if "error" in result else {}),
         "runs": result["runs"],
     }
+    if cluster is not None:
+        out["cluster"] = cluster
+        out["side_by_side"] = compare(result["runs"], cluster.get("runs", []))
     print(json.dumps(out, indent=1), flush=True)
-    return 1 if "error" in result else 0
+    return 1 if "error" in result or (cluster is not None and "error" in cluster) else 0
 
 
 if __name__ == "__main__":

@@ -1,12 +1,22 @@
-"""Batched against one-by-one ASR, side by side in one run: what the scheduler gains when several
-dialogues' early transcriptions fall due in one round (`asr.run_batch`).
+"""Batched against one-by-one model calls, side by side in one run: what batching gains when
+several dialogues (or, on a cluster, several ingress replicas) call a shared model at once.
 
-The utterances of tests/data/dialogue.wav (espeak-ng, 1.5-3.5 s each) are transcribed by the real
-faster-whisper tiny.en (int8, the live configuration) K at a time, one by one and in one batched
-call, alternating, `--repeat` times. Reports per K the median wall time of each way, the ratio,
-and utterances a second. Prints one JSON object.
+Every model goes through the one call interface the server uses (`emostream.realtime.calls`):
+K items in one call against K calls of one item, alternating, `--repeat` times, on the real models
+of the live configuration:
 
-    python benchmarks/batching.py [--sizes 1,2,4,6] [--repeat 5] [--threads 0]
+- asr: the utterances of tests/data/dialogue.wav (espeak-ng, 1.5-3.5 s each), faster-whisper
+  tiny.en int8 (one CTranslate2 encode + generate for the batch);
+- text: the same utterances' words through the bundled checkpoint's text encoder (ONNX Runtime);
+- face: the two real photographs of tests/data/faces (MTCNN per frame, the FER expert on every face
+  of the batch at once);
+- speaker: 1.6 s windows of the utterances (GE2E, one ONNX call);
+- turn: the utterances (Smart Turn v3.2, one ONNX call).
+
+Reports per model and K the median wall time of each way, the ratio, and items a second. Prints
+one JSON object.
+
+    python benchmarks/batching.py [--models asr,text,face,speaker,turn] [--sizes 1,2,4,6] [--repeat 5]
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import statistics
 import time
 import wave
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,36 +43,65 @@ def clips() -> list[np.ndarray]:
     return [audio[round(u["start_s"] * SR) - pad: round(u["end_s"] * SR) + pad] for u in script]
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--sizes", default="1,2,4,6")
-    p.add_argument("--repeat", type=int, default=5)
-    p.add_argument("--threads", type=int, default=0, help="CTranslate2 threads (0: the live default)")
-    args = p.parse_args(argv)
-    from emostream.realtime.asr import AsrConfig, Transcriber
+def items_of(kind: str) -> list[Any]:
+    """A few real inputs of each kind of model (cycled to make K)."""
+    from emostream.realtime.calls import AsrItem, SpeakerItem
 
-    asr = Transcriber(AsrConfig(cpu_threads=args.threads))
     utterances = clips()
-    asr.transcribe(utterances[0], 0)  # warm up
+    if kind == "asr":
+        return [AsrItem(x, i) for i, x in enumerate(utterances)]
+    if kind == "text":
+        return [u["text"] for u in json.loads((ROOT / "tests" / "data" / "dialogue.json").read_text())["utterances"]]
+    if kind == "speaker":
+        return [SpeakerItem(windows=(x[: int(1.6 * SR)],)) for x in utterances]
+    if kind == "turn":
+        return utterances
+    if kind == "face":
+        import cv2
+
+        from emostream.realtime.types import VideoFrame
+
+        return [VideoFrame(cv2.imread(str(p)), t_ns=i, index=i)
+                for i, p in enumerate(sorted((ROOT / "tests" / "data" / "faces").glob("*.jpg")))]
+    raise ValueError(kind)
+
+
+def measure(call: Any, items: list[Any], sizes: list[int], repeat: int) -> list[dict[str, Any]]:
+    call(items[:1])  # warm up
     rows = []
-    for k in (int(s) for s in args.sizes.split(",")):
-        batch = [utterances[i % len(utterances)] for i in range(k)]
+    for k in sizes:
+        batch = [items[i % len(items)] for i in range(k)]
         single_s, batched_s = [], []
-        for _ in range(args.repeat):
+        for _ in range(repeat):
             t = time.perf_counter()
-            for i, x in enumerate(batch):
-                asr.transcribe(x, i)
+            for item in batch:
+                call([item])
             single_s.append(time.perf_counter() - t)
             t = time.perf_counter()
-            asr.transcribe_batch(batch, list(range(k)))
+            call(batch)
             batched_s.append(time.perf_counter() - t)
         one, many = statistics.median(single_s), statistics.median(batched_s)
-        rows.append({"k": k, "audio_s": round(sum(x.size for x in batch) / SR, 2),
-                     "one_by_one_ms": round(one * 1000, 1), "batched_ms": round(many * 1000, 1),
-                     "speedup": round(one / many, 2), "utterances_per_s_one_by_one": round(k / one, 2),
-                     "utterances_per_s_batched": round(k / many, 2)})
-    print(json.dumps({"benchmark": "batching", "model": "whisper-tiny.en int8", "repeat": args.repeat,
-                      "asr": rows}))
+        rows.append({"k": k, "one_by_one_ms": round(one * 1000, 1), "batched_ms": round(many * 1000, 1),
+                     "speedup": round(one / many, 2), "items_per_s_one_by_one": round(k / one, 2),
+                     "items_per_s_batched": round(k / many, 2)})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="asr,text,face,speaker,turn")
+    p.add_argument("--sizes", default="1,2,4,6")
+    p.add_argument("--repeat", type=int, default=5)
+    args = p.parse_args(argv)
+    from emostream.realtime.calls import load_call
+    from emostream.realtime.config import PipelineConfig
+
+    config = PipelineConfig()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    out: dict[str, Any] = {"benchmark": "batching", "repeat": args.repeat, "asr_model": "whisper-tiny.en int8"}
+    for kind in args.models.split(","):
+        out[kind] = measure(load_call(kind, config), items_of(kind), sizes, args.repeat)
+    print(json.dumps(out))
     return 0
 
 

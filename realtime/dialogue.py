@@ -47,8 +47,8 @@ class Dialogue:
         self.frames = FrameRing(config.video_ring)
         t0 = time.monotonic_ns() if t0_ns is None else t0_ns
         self.worker = Worker(parts["session"], Segmenter(config.segmenter), parts["transcriber"], self.frames,
-                             self.emit, config, t0, faces=parts.get("faces"), speakers=parts.get("speakers"),
-                             turn_model=parts.get("turn_model"))
+                             config, t0, faces=parts.get("faces"), speakers=parts.get("speakers"),
+                             turn_model=parts.get("turn_model"), clock=time.monotonic_ns)
         self.audio_q.on_drop = self.worker.chunk_lost
         self.wants_interim = config.interim
         self._reset_requested = threading.Event()
@@ -62,6 +62,15 @@ class Dialogue:
     def emit(self, msg: dict[str, Any]) -> None:
         if not self.closed:
             self._sink(msg)
+
+    def deliver(self) -> None:
+        """The worker's events since the last delivery, to the sink, in order. A failing sink is
+        logged: it must not stop the dialogue."""
+        for msg in self.worker.take_events():
+            try:
+                self.emit(msg)
+            except Exception:  # noqa: BLE001 - a broken consumer must not stop the worker
+                logger.exception("event consumer failed")
 
     def hello(self, **extra: Any) -> dict[str, Any]:
         return self.worker.hello(interim=self.wants_interim, **extra)
@@ -102,6 +111,13 @@ class Dialogue:
 
     def metrics(self) -> dict[str, Any]:
         return self.worker.metrics({"audio": self.audio_q.qsize(), "video": len(self.frames)}, self.drops())
+
+    def counters(self) -> dict[str, Any]:
+        """What /healthz shows of this dialogue: its backlog, queue, drops, utterances and real-time factor."""
+        w = self.worker
+        return {"name": self.name, "backlog_s": round(self.backlog_s(), 3), "audio_queue": self.audio_q.qsize(),
+                "drops": self.drops(), "utterances": w.next_id,
+                "rtf": round(w.busy_ns / w.audio_ns, 3) if w.audio_ns else None, "failure": self.failure}
 
     def fail(self, reason: str) -> None:
         self.failure = reason

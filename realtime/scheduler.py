@@ -138,6 +138,7 @@ class Scheduler:
                 did |= self._run_dialogue(d)
             except Exception as e:  # noqa: BLE001 - this dialogue is lost; the others go on
                 logger.exception("dialogue %s failed", d.name)
+                d.deliver()  # what the worker said before it failed
                 d.emit(protocol.error("internal", f"the dialogue failed: {type(e).__name__}"))
                 d.fail(f"the dialogue {d.name} failed: {type(e).__name__}: {e}")
                 self.remove(d)
@@ -170,6 +171,7 @@ class Scheduler:
             except Exception:  # noqa: BLE001 - a failed reset must not end the dialogue
                 logger.exception("dialogue %s failed to reset", d.name)
                 d.emit(protocol.error("internal", "the dialogue failed to reset"))
+            d.deliver()
         budget = self.slice_s
         did = False
         while budget > 0:
@@ -182,12 +184,14 @@ class Scheduler:
                 worker.process(chunk)
             except Exception:  # noqa: BLE001 - one bad chunk must not end the dialogue
                 logger.exception("dialogue %s failed on a chunk; continuing", d.name)
-                d.emit(protocol.error("internal", "the dialogue failed on one audio chunk"))
+                worker.emit(protocol.error("internal", "the dialogue failed on one audio chunk"))
+            d.deliver()  # the chunk's events, before the next chunk
             budget -= chunk.samples.shape[0] / chunk.sample_rate
             did = True
             if worker.asr_due is not None:
                 break  # its early ASR runs after the round, batched with the other dialogues' due jobs
         worker.live_face()
+        d.deliver()
         now = time.monotonic_ns()
         if now - d.last_metrics_ns >= self.metrics_interval_s * 1e9:
             d.last_metrics_ns = now
@@ -202,7 +206,8 @@ class Scheduler:
             d.worker.flush()
         except Exception:  # noqa: BLE001 - report it; the input has ended anyway
             logger.exception("dialogue %s failed flushing its last utterance", d.name)
-            d.emit(protocol.error("internal", "the dialogue failed on its last utterance"))
+            d.worker.emit(protocol.error("internal", "the dialogue failed on its last utterance"))
+        d.deliver()
         d.emit(d.metrics())
         self.remove(d)
         d.done.set()

@@ -245,5 +245,6 @@ class SessionManager:
             self.close(s, reason)
 
     def health(self) -> dict[str, Any]:
-        return {"sessions": len(self.sessions()), "max_sessions": self.max_sessions, "refused": self.refused,
-                "opened": self.opened}
+        live = self.sessions()
+        return {"sessions": len(live), "max_sessions": self.max_sessions, "refused": self.refused,
+                "opened": self.opened, "dialogues": [s.dialogue.counters() for s in live]}

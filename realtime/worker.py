@@ -6,11 +6,12 @@ embedder, text encoder, step engine, face expert) are shared and stateless acros
 
 An utterance is one speaker's turn: it ends at a pause the end-of-turn model judges complete (or a
 long pause), at a speaker change found inside speech, or at the length cap (see
-`emostream.realtime.segmenter` and `emostream.realtime.turns`). It runs in whichever thread drives it: the pipeline's
-inference thread for a source the server reads, the scheduler for browser sessions. Audio
+`emostream.realtime.segmenter` and `emostream.realtime.turns`). The scheduler drives it, for every
+source alike. Audio
 reaches it through a bounded drop-oldest queue; video frames go into a time-indexed ring from
-which it takes each utterance's span. Every event is a protocol v1 message (a dict) handed to
-`on_event`, the same messages the websocket sends.
+which it takes each utterance's span. It returns its events instead of sending them: each is a
+protocol v1 message (a dict, the same the websocket sends), kept in order until the driver takes
+them (`take_events`). It reads no clock of its own (the driver gives it one) and owns no thread.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import collections
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +42,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-EventCallback = Callable[[dict[str, Any]], None]
+Clock = Callable[[], int]  # monotonic nanoseconds
+EventCallback = Callable[[dict[str, Any]], None]  # a driver's sink: where it delivers the worker's events
 TurnModel = Callable[[Any], float]  # (n,) float32 16 kHz, the turn so far -> P(turn complete)
 AUDIO_DROPPED = "audio_dropped"
 """Prediction flag: audio of this utterance was lost before the worker saw it (a full queue, lost or
@@ -142,9 +143,9 @@ class Worker:
     """The inference loop's logic: audio chunks in, protocol events out. Runs in one thread."""
 
     def __init__(self, session: DialogueSession, segmenter: Segmenter, transcriber: Any, frames: FrameRing,
-                 on_event: EventCallback, config: PipelineConfig, t0_ns: int,
+                 config: PipelineConfig, t0_ns: int,
                  faces: FaceTracker | None = None, speakers: SpeakerTracker | None = None,
-                 turn_model: TurnModel | None = None) -> None:
+                 turn_model: TurnModel | None = None, *, clock: Clock) -> None:
         from emostream.realtime.asr import EarlyTranscriber
 
         self.session = session
@@ -152,7 +153,8 @@ class Worker:
         self.early = EarlyTranscriber.for_segmenter(transcriber, config.segmenter)
         self.transcriber = transcriber
         self.frames = frames
-        self.on_event = on_event
+        self.clock = clock  # the driver's monotonic clock in ns (the core reads no clock of its own)
+        self.events: list[dict[str, Any]] = []  # protocol messages out, taken by the driver (`take_events`)
         self.config = config
         self.t0_ns = t0_ns
         self.speakers = speakers or SpeakerTracker(session.model.n_parties, config.speaker_mode)
@@ -184,10 +186,15 @@ class Worker:
         return max(0.0, (t_ns - self.t0_ns) / 1e6)
 
     def emit(self, msg: dict[str, Any]) -> None:
-        try:
-            self.on_event(msg)
-        except Exception:  # noqa: BLE001 - a broken consumer must not stop the worker
-            logger.exception("event consumer failed")
+        self.events.append(msg)
+
+    def take_events(self) -> list[dict[str, Any]]:
+        """The events out since the last call, in order (the driver delivers them to the sink)."""
+        out, self.events = self.events, []
+        return out
+
+    def _seconds(self) -> float:
+        return self.clock() / 1e9
 
     def close(self) -> None:
         """Nothing to release: the worker owns no thread (kept for its drivers' lifecycle)."""
@@ -215,13 +222,13 @@ class Worker:
         self.emit(protocol.status(code="reset", message="dialogue state reset"))
 
     def process(self, chunk: AudioChunk) -> None:
-        t_start = time.perf_counter_ns()
+        t_start = self.clock()
         samples = chunk.as_float32()
         self.audio_ns += samples_to_ns(samples.size, chunk.sample_rate)
         for event in self.taking.push(samples, chunk.t0_ns):
             self.handle(event)
         self.maybe_interim(chunk.t0_ns + samples_to_ns(samples.size, chunk.sample_rate))
-        self.busy_ns += time.perf_counter_ns() - t_start
+        self.busy_ns += self.clock() - t_start
 
     def flush(self) -> None:
         for event in self.segmenter.flush():
@@ -271,26 +278,26 @@ class Worker:
         the silence endpoint); a failing model leaves the pause to its long cap."""
         if self.turn_model is None:
             return True
-        t = time.perf_counter()
+        t = self._seconds()
         try:
             p = float(self.turn_model(self.taking.pause_audio(pause)))
         except Exception:  # noqa: BLE001 - without a verdict the pause must be long to end the turn
             logger.exception("end-of-turn model failed")
             self.counts["turn_model_failed"] += 1
             return False
-        self.timings["turn_ms"] = round((time.perf_counter() - t) * 1000, 2)
+        self.timings["turn_ms"] = round((self._seconds() - t) * 1000, 2)
         self.turn_probabilities.append(round(p, 4))
         del self.turn_probabilities[:-256]
         self.taking.judge(pause, p)
         return p >= self.segmenter.config.turn_threshold
 
     def finish(self, end: SpeechEnd) -> None:
-        t_detect = time.monotonic_ns()
+        t_detect = self.clock()
         uid = self.current_id if self.current_id is not None else self.next_id
         if self.current_id is None:
             self.next_id += 1
         self.current_id = None
-        t = time.perf_counter()
+        t = self._seconds()
         try:
             transcript, reused = self.early.finish(end, uid)
         except Exception as e:  # noqa: BLE001 - the utterance still gets its final, without text
@@ -298,8 +305,8 @@ class Worker:
             transcript, reused = Transcript(utterance_id=uid, text="", flags=("asr_failed",)), False
             self.emit(protocol.error("internal", f"speech recognition failed on utterance {uid}: "
                                                  f"{type(e).__name__}"))
-        asr_ms = 0.0 if reused else round((time.perf_counter() - t) * 1000, 2)
-        t = time.perf_counter()
+        asr_ms = 0.0 if reused else round((self._seconds() - t) * 1000, 2)
+        t = self._seconds()
         flags = (["forced_split"] if end.forced else []) + list(transcript.flags)
         overlap = False
         try:
@@ -310,7 +317,7 @@ class Worker:
             speaker, flags = 0, [*flags, "speaker_failed"]
         if overlap:
             flags.append("overlap")
-        speaker_ms = round((time.perf_counter() - t) * 1000, 2)
+        speaker_ms = round((self._seconds() - t) * 1000, 2)
         utt = Utterance(id=uid, audio=end.audio, t_start_ns=end.t_start_ns, t_end_ns=end.t_end_ns,
                         frames=self.frames.between(end.t_start_ns, end.t_end_ns), speaker=speaker)
         if self.lost_within(end.t_start_ns, end.t_end_ns):
@@ -323,7 +330,7 @@ class Worker:
             flags.append("face_failed")
         pred = self.session.predict(utt, transcript.text, final=True, extra_flags=flags, timings_ms=timings,
                                     face=face)
-        now = time.monotonic_ns()
+        now = self.clock()
         pred.timings_ms["compute_ms"] = round((now - t_detect) / 1e6, 2)
         pred.timings_ms["total_ms"] = round((now - end.speech_end_ns) / 1e6, 2)
         self.timings.update({k: v for k, v in pred.timings_ms.items() if k.endswith("_ms")})
@@ -354,13 +361,13 @@ class Worker:
         start = now_stream_ns - samples_to_ns(audio.size)
         # bounded cost: an interim transcribes at most the last `interim_window_s` (the final, all of it)
         tail = audio[-int(self.config.interim_window_s * 16_000):]
-        t = time.perf_counter()
+        t = self._seconds()
         try:
             text = self.transcriber.transcribe(tail, self.current_id).text
         except Exception:  # noqa: BLE001 - an interim is best effort: skip it, the final reports
             logger.exception("interim ASR failed")
             return
-        asr_ms = round((time.perf_counter() - t) * 1000, 2)
+        asr_ms = round((self._seconds() - t) * 1000, 2)
         speaker = self.taking.peek()  # partial audio: the tracker learns only from finals
         utt = Utterance(id=self.current_id, audio=audio, t_start_ns=start, t_end_ns=now_stream_ns,
                         frames=self.frames.between(start, now_stream_ns), speaker=speaker)
@@ -370,13 +377,13 @@ class Worker:
         if timings.pop("face_failed", None):
             flags.append("face_failed")
         pred = self.session.predict(utt, text, final=False, timings_ms=timings, extra_flags=flags, face=face)
-        self.emit(protocol.prediction_from(pred, t0_ns=self.t0_ns, now_ns=time.monotonic_ns()))
+        self.emit(protocol.prediction_from(pred, t0_ns=self.t0_ns, now_ns=self.clock()))
 
     def face_of(self, t0_ns: int, t1_ns: int, timings: dict[str, float]) -> Any:
         """The face expert's expression over [t0, t1): (E,) or None (no face, or no face expert)."""
         if self.faces is None:
             return None
-        t = time.perf_counter()
+        t = self._seconds()
         try:
             self.faces.catch_up(self.frames.until(t1_ns))  # frames the face thread has not reached yet
             span = self.faces.expression(t0_ns, t1_ns)
@@ -386,7 +393,7 @@ class Worker:
             return None
         finally:
             self._report_face_failures()
-        timings["face_ms"] = round((time.perf_counter() - t) * 1000, 3)
+        timings["face_ms"] = round((self._seconds() - t) * 1000, 3)
         timings["face_frames"] = float(span.n_with_face)
         return span.probs
 
@@ -406,13 +413,13 @@ class Worker:
         if faces is None or fusion is None:
             return
         try:
-            faces.catch_up(self.frames.until(time.monotonic_ns() + 1))
+            faces.catch_up(self.frames.until(self.clock() + 1))
         except Exception:  # noqa: BLE001 - the face path must not take the dialogue down
             logger.exception("face analysis failed")
             return
         self._report_face_failures()
         obs = faces.latest()
-        now = time.monotonic_ns()
+        now = self.clock()
         if obs is None or obs.t_ns == self._face_sent_t or now - self._face_sent_at < 1e9 / self.config.face_event_hz:
             return
         self._face_sent_t, self._face_sent_at = obs.t_ns, now
@@ -435,6 +442,6 @@ class Worker:
         flagged audio_dropped, interims skipped while behind)."""
         rtf = self.busy_ns / self.audio_ns if self.audio_ns else None
         return protocol.metrics(queues=queues, drops={**drops, **self.counts}, timings_ms=self.timings, rtf=rtf,
-                                t_ms=self.ms(time.monotonic_ns()))
+                                t_ms=self.ms(self.clock()))
 
 

@@ -274,3 +274,32 @@ def test_an_ingress_replica_killed_closes_its_sessions_only(cluster: str) -> Non
     assert ca.close_code is not None and ca.close_code != 1000 and not covered(a, ca.finals)  # cut, with a code
     assert covered(b, cb.finals) and in_order(cb.finals) and not cb.errors  # the other session went on
     assert hello is not None and hello["session"] not in (ca.hello["session"], cb.hello["session"])
+
+
+def test_a_foreign_origin_is_refused(cluster: str) -> None:
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    with pytest.raises(InvalidStatus) as refused:
+        connect(ws_url(cluster), origin="http://evil.example", open_timeout=30)
+    assert refused.value.response.status_code == 403
+
+
+def test_zz_stopping_the_application_closes_sessions_so_the_page_reconnects(cluster: str) -> None:
+    """Last in this module: it deletes the application. A live session is closed with a code the
+    page reconnects on (anything but 1000, a normal end, and 1013, busy)."""
+    from ray import serve
+
+    from emostream.realtime.cluster.launch import APP_NAME
+
+    async def run() -> Capture:
+        out = Capture()
+        session = asyncio.create_task(capture(ws_url(cluster), script("dialogue", "utterances"), out, tail_s=5.0))
+        await asyncio.wait_for(out.first_final.wait(), 40)
+        await asyncio.to_thread(serve.delete, APP_NAME)
+        await asyncio.wait_for(session, 60)
+        return out
+
+    out = asyncio.run(run())
+    assert out.close_code not in (None, 1000, 1013), out.close_code
+    print("closed with", out.close_code)

@@ -93,15 +93,19 @@ def drive(parts: dict[str, Any], audio: np.ndarray, track: Utterances, *, transc
         for k in range(int(audio.size / 16_000 * 5) + 1):
             frames.add(VideoFrame(image=face_image, t_ns=k * 200_000_000, index=k))
     worker = Worker(parts["session"], Segmenter(CONFIG.segmenter), transcriber or parts["transcriber"], frames,
-                    track, CONFIG, 0, faces=parts["faces"] if face_image is not None else None,
-                    speakers=parts["speakers"], turn_model=parts["turn_model"])
+                    CONFIG, 0, faces=parts["faces"] if face_image is not None else None,
+                    speakers=parts["speakers"], turn_model=parts["turn_model"], clock=time.monotonic_ns)
     for i in range(0, audio.size, 512):
         chunk = AudioChunk(samples=audio[i:i + 512], sample_rate=16_000, t0_ns=i * 62_500)
         if lose is not None and lose[0] <= i / 16_000 < lose[1]:
             worker.chunk_lost(chunk)
             continue
         worker.process(chunk)
+        for msg in worker.take_events():
+            track(msg)
     worker.flush()
+    for msg in worker.take_events():
+        track(msg)
     worker.close()
     return worker
 
@@ -298,13 +302,14 @@ def test_interims_are_skipped_while_behind_and_bounded_in_length(shared: Any, au
 
     events: list[dict[str, Any]] = []
     parts = shared.dialogue_parts()
-    worker = Worker(parts["session"], Segmenter(config.segmenter), Recording(), FrameRing(8), events.append,
-                    config, 0, speakers=parts["speakers"], turn_model=parts["turn_model"])
+    worker = Worker(parts["session"], Segmenter(config.segmenter), Recording(), FrameRing(8),
+                    config, 0, speakers=parts["speakers"], turn_model=parts["turn_model"], clock=time.monotonic_ns)
     clip = audio[: 8 * 16_000]  # the first two lines
     for i in range(0, clip.size, 512):
         worker.backlog_s = 1.0 if i >= 4 * 16_000 else 0.0  # behind from 4 s on
         worker.process(AudioChunk(samples=clip[i:i + 512], sample_rate=16_000, t0_ns=i * 62_500))
     worker.flush()
+    events.extend(worker.take_events())
     worker.close()
     interims = [m for m in events if m["type"] == "prediction" and not m["final"]]
     assert interims and all(m["t_end_ms"] <= 4_100 for m in interims)  # none once behind
@@ -412,11 +417,12 @@ def test_the_end_of_turn_model_raises(shared: Any, audio: np.ndarray) -> None:
     def failing_turn_model(_: np.ndarray) -> float:
         raise RuntimeError("injected end-of-turn failure")
 
-    worker = Worker(parts["session"], Segmenter(config.segmenter), parts["transcriber"], FrameRing(8), events.append,
-                    config, 0, speakers=parts["speakers"], turn_model=failing_turn_model)
+    worker = Worker(parts["session"], Segmenter(config.segmenter), parts["transcriber"], FrameRing(8),
+                    config, 0, speakers=parts["speakers"], turn_model=failing_turn_model, clock=time.monotonic_ns)
     for i in range(0, audio.size, 512):
         worker.process(AudioChunk(samples=audio[i:i + 512], sample_rate=16_000, t0_ns=i * 62_500))
     worker.flush()
+    events.extend(worker.take_events())
     finals = [m for m in events if m["type"] == "prediction" and m["final"]]
     assert len(finals) >= N_LINES // 2 and all(f["text"] for f in finals)
     assert all(f["end_reason"] in ("silence", "speaker_change", "max_length") for f in finals)

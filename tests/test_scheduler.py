@@ -28,6 +28,14 @@ class FakeWorker:
         self.due_after: int | None = None  # an early ASR job falls due after this many chunks
         self.asr_times: list[float] = []
         self.asr_texts: list[str] = []
+        self.events: list[dict] = []
+
+    def emit(self, msg: dict) -> None:
+        self.events.append(msg)
+
+    def take_events(self) -> list[dict]:
+        out, self.events = self.events, []
+        return out
 
     def process(self, chunk: AudioChunk) -> None:
         self.log.append(self.name)
@@ -100,6 +108,9 @@ class FakeDialogue:
 
     def emit(self, msg: dict) -> None:
         self.sent.append(msg)
+
+    def deliver(self) -> None:
+        self.sent.extend(self.worker.take_events())
 
     def metrics(self) -> dict:
         return {"type": "metrics"}

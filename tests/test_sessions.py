@@ -106,6 +106,9 @@ def test_busy_idle_and_independent_sessions(shared: Any) -> None:
         ha = await recv_until(a, lambda m: m["type"] == "hello")
         hb = await recv_until(b, lambda m: m["type"] == "hello")
         assert ha["session"] != hb["session"]
+        dialogues = server.health()["capture"]["dialogues"]  # /healthz names each session's dialogue
+        assert sorted(d["name"] for d in dialogues) == sorted(f"browser-{h['session']}" for h in (ha, hb))
+        assert all(d["drops"]["audio"] == 0 and d["utterances"] == 0 and d["failure"] is None for d in dialogues)
         async with connect(server.ws_url + "?source=browser") as c:  # max_sessions=2: the third is refused
             err = await recv_until(c, lambda m: m["type"] == "error")
             assert err["code"] == "busy"

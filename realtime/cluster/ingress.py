@@ -6,8 +6,10 @@ A websocket stays on the replica that accepted it for its whole life. The protoc
 single-process server's own code (`Server.handle`), fed through `StarletteConnection`, which gives
 a Starlette websocket the few methods of a `websockets` connection it uses. Every open websocket
 holds one of the replica's `max_ongoing_requests` slots; the replica itself answers `busy` past
-`sessions_per_replica`. When Ray stops a replica (scale-down, redeploy) its sessions are closed
-with 1001 (going away), which the page answers by reconnecting to a new session.
+`sessions_per_replica`. When Ray stops a replica (scale-down, redeploy) it first waits up to
+`graceful_shutdown_s` for open requests, a live websocket included, then cuts them: the page sees
+1006 and reconnects to a new session. (Ray calls `__del__` only after that wait: it closes what is
+left and stops the scheduler.)
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route parameters' annotations at
@@ -197,7 +199,8 @@ class Ingress:
         return Response(body, media_type=content_type(found), headers=headers)
 
     def __del__(self) -> None:
-        """Ray stops this replica (scale-down, redeploy, shutdown): tell the sessions to reconnect."""
+        """Ray stops this replica (scale-down, redeploy, shutdown), after its drain: close what is
+        left (with 1001, which the page answers by reconnecting) and stop the scheduler."""
         from emostream.realtime.transport.ws import SERVER_STOPPING
 
         try:

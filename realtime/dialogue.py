@@ -64,11 +64,11 @@ class Dialogue:
             self._sink(msg)
 
     def deliver(self) -> None:
-        """The worker's events since the last delivery, to the sink, in order. A failing sink is
-        logged: it must not stop the dialogue."""
-        for msg in self.worker.take_events():
+        """The worker's events since the last delivery, to the sink as protocol messages, in order.
+        A failing sink is logged: it must not stop the dialogue."""
+        for event in self.worker.take_events():
             try:
-                self.emit(msg)
+                self.emit(event.message())
             except Exception:  # noqa: BLE001 - a broken consumer must not stop the worker
                 logger.exception("event consumer failed")
 

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 from emostream.realtime import protocol
+from emostream.realtime.events import ErrorEvent
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ class Scheduler:
                 worker.process(chunk)
             except Exception:  # noqa: BLE001 - one bad chunk must not end the dialogue
                 logger.exception("dialogue %s failed on a chunk; continuing", d.name)
-                worker.emit(protocol.error("internal", "the dialogue failed on one audio chunk"))
+                worker.emit(ErrorEvent("internal", "the dialogue failed on one audio chunk"))
             d.deliver()  # the chunk's events, before the next chunk
             budget -= chunk.samples.shape[0] / chunk.sample_rate
             did = True
@@ -206,7 +207,7 @@ class Scheduler:
             d.worker.flush()
         except Exception:  # noqa: BLE001 - report it; the input has ended anyway
             logger.exception("dialogue %s failed flushing its last utterance", d.name)
-            d.worker.emit(protocol.error("internal", "the dialogue failed on its last utterance"))
+            d.worker.emit(ErrorEvent("internal", "the dialogue failed on its last utterance"))
         d.deliver()
         d.emit(d.metrics())
         self.remove(d)

@@ -9,9 +9,10 @@ long pause), at a speaker change found inside speech, or at the length cap (see
 `emostream.realtime.segmenter` and `emostream.realtime.turns`). The scheduler drives it, for every
 source alike. Audio
 reaches it through a bounded drop-oldest queue; video frames go into a time-indexed ring from
-which it takes each utterance's span. It returns its events instead of sending them: each is a
-protocol v1 message (a dict, the same the websocket sends), kept in order until the driver takes
-them (`take_events`). It reads no clock of its own (the driver gives it one) and owns no thread.
+which it takes each utterance's span. It returns what it says instead of sending it: typed frozen
+records (`emostream.realtime.events`), kept in order until the driver takes them (`take_events`)
+and turns them into protocol messages at its sink. It reads no clock of its own (the driver gives
+it one) and owns no thread.
 """
 
 from __future__ import annotations
@@ -25,6 +26,15 @@ from typing import TYPE_CHECKING, Any
 
 from emostream.realtime import protocol
 from emostream.realtime.config import PipelineConfig
+from emostream.realtime.events import (
+    ErrorEvent,
+    Event,
+    FaceEvent,
+    PredictionEvent,
+    StatusEvent,
+    TranscriptEvent,
+    UtteranceEvent,
+)
 from emostream.realtime.faces import FaceTracker
 from emostream.realtime.segmenter import (
     EndpointPending,
@@ -154,7 +164,7 @@ class Worker:
         self.transcriber = transcriber
         self.frames = frames
         self.clock = clock  # the driver's monotonic clock in ns (the core reads no clock of its own)
-        self.events: list[dict[str, Any]] = []  # protocol messages out, taken by the driver (`take_events`)
+        self.events: list[Event] = []  # what it said, taken by the driver (`take_events`)
         self.config = config
         self.t0_ns = t0_ns
         self.speakers = speakers or SpeakerTracker(session.model.n_parties, config.speaker_mode)
@@ -185,10 +195,10 @@ class Worker:
     def ms(self, t_ns: int) -> float:
         return max(0.0, (t_ns - self.t0_ns) / 1e6)
 
-    def emit(self, msg: dict[str, Any]) -> None:
-        self.events.append(msg)
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
 
-    def take_events(self) -> list[dict[str, Any]]:
+    def take_events(self) -> list[Event]:
         """The events out since the last call, in order (the driver delivers them to the sink)."""
         out, self.events = self.events, []
         return out
@@ -219,7 +229,7 @@ class Worker:
         if self.faces is not None:
             self.faces.reset()
         self.current_id = None
-        self.emit(protocol.status(code="reset", message="dialogue state reset"))
+        self.emit(StatusEvent("reset", "dialogue state reset"))
 
     def process(self, chunk: AudioChunk) -> None:
         t_start = self.clock()
@@ -246,8 +256,7 @@ class Worker:
             except Exception:  # noqa: BLE001 - the start event still goes out
                 logger.exception("speaker guess failed")
                 speaker = "?"
-            self.emit(protocol.utterance(event="start", utterance_id=self.current_id, speaker=speaker,
-                                         t_ms=self.ms(event.t_ns)))
+            self.emit(UtteranceEvent("start", self.current_id, speaker, self.ms(event.t_ns)))
             return
         job = self.early.on_event(event)
         if job is not None and isinstance(event, EndpointPending):
@@ -303,8 +312,7 @@ class Worker:
         except Exception as e:  # noqa: BLE001 - the utterance still gets its final, without text
             logger.exception("ASR failed on utterance %d", uid)
             transcript, reused = Transcript(utterance_id=uid, text="", flags=("asr_failed",)), False
-            self.emit(protocol.error("internal", f"speech recognition failed on utterance {uid}: "
-                                                 f"{type(e).__name__}"))
+            self.emit(ErrorEvent("internal", f"speech recognition failed on utterance {uid}: {type(e).__name__}"))
         asr_ms = 0.0 if reused else round((self._seconds() - t) * 1000, 2)
         t = self._seconds()
         flags = (["forced_split"] if end.forced else []) + list(transcript.flags)
@@ -336,15 +344,11 @@ class Worker:
         self.timings.update({k: v for k, v in pred.timings_ms.items() if k.endswith("_ms")})
         degraded = [DEGRADED[f] for f in pred.flags if f in DEGRADED]
         if degraded:
-            self.emit(protocol.status(code="degraded", level="warning",
-                                      message=f"utterance {uid}: " + "; ".join(degraded)))
-        self.emit(protocol.transcript(utterance_id=uid, speaker=speaker, text=transcript.text,
-                                      language=transcript.language))
-        msg = protocol.prediction_from(pred, t0_ns=self.t0_ns, end_reason=end.reason, overlap=overlap)
-        msg["latency_ms"] = pred.timings_ms["total_ms"]  # end of speech -> final prediction
-        self.emit(msg)
-        self.emit(protocol.utterance(event="end", utterance_id=uid, speaker=speaker, t_ms=self.ms(end.t_end_ns),
-                                     end_reason=end.reason, overlap=overlap))
+            self.emit(StatusEvent("degraded", f"utterance {uid}: " + "; ".join(degraded), "warning"))
+        self.emit(TranscriptEvent(uid, speaker, transcript.text, transcript.language))
+        self.emit(PredictionEvent(pred, self.t0_ns, end_reason=end.reason, overlap=overlap,
+                                  latency_ms=pred.timings_ms["total_ms"]))  # end of speech -> final prediction
+        self.emit(UtteranceEvent("end", uid, speaker, self.ms(end.t_end_ns), end_reason=end.reason, overlap=overlap))
 
     def maybe_interim(self, now_stream_ns: int) -> None:
         if not self.interim or self.current_id is None or not self.segmenter.in_speech:
@@ -377,7 +381,7 @@ class Worker:
         if timings.pop("face_failed", None):
             flags.append("face_failed")
         pred = self.session.predict(utt, text, final=False, timings_ms=timings, extra_flags=flags, face=face)
-        self.emit(protocol.prediction_from(pred, t0_ns=self.t0_ns, now_ns=self.clock()))
+        self.emit(PredictionEvent(pred, self.t0_ns, published_ns=self.clock()))
 
     def face_of(self, t0_ns: int, t1_ns: int, timings: dict[str, float]) -> Any:
         """The face expert's expression over [t0, t1): (E,) or None (no face, or no face expert)."""
@@ -424,17 +428,15 @@ class Worker:
             return
         self._face_sent_t, self._face_sent_at = obs.t_ns, now
         probs = fusion.label_map.distribution(obs.probs[0]) if obs.n_faces else None
-        self.emit(protocol.face(
-            t_ms=self.ms(obs.t_ns), probs=None if probs is None else dict(zip(self.session.labels, probs)),
-            box=obs.boxes[0] if obs.n_faces else None, frame_size=obs.frame_size, n_faces=obs.n_faces))
+        self.emit(FaceEvent(self.ms(obs.t_ns), None if probs is None else dict(zip(self.session.labels, probs)),
+                            obs.boxes[0] if obs.n_faces else None, obs.frame_size, obs.n_faces))
 
     def _report_face_failures(self) -> None:
         """A `status` (face_failed) when the face path failed on frames since the last report."""
         failures = self.faces.failures if self.faces is not None else 0
         if failures > self._face_failures:
-            self.emit(protocol.status(code="face_failed", level="warning",
-                                      message=f"the face path failed on {failures - self._face_failures} frame(s); "
-                                              "those frames are skipped"))
+            self.emit(StatusEvent("face_failed", f"the face path failed on {failures - self._face_failures} "
+                                                 "frame(s); those frames are skipped", "warning"))
             self._face_failures = failures
 
     def metrics(self, queues: dict[str, int], drops: dict[str, int]) -> dict[str, Any]:

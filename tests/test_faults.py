@@ -101,11 +101,11 @@ def drive(parts: dict[str, Any], audio: np.ndarray, track: Utterances, *, transc
             worker.chunk_lost(chunk)
             continue
         worker.process(chunk)
-        for msg in worker.take_events():
-            track(msg)
+        for event in worker.take_events():
+            track(event.message())
     worker.flush()
-    for msg in worker.take_events():
-        track(msg)
+    for event in worker.take_events():
+        track(event.message())
     worker.close()
     return worker
 
@@ -309,7 +309,7 @@ def test_interims_are_skipped_while_behind_and_bounded_in_length(shared: Any, au
         worker.backlog_s = 1.0 if i >= 4 * 16_000 else 0.0  # behind from 4 s on
         worker.process(AudioChunk(samples=clip[i:i + 512], sample_rate=16_000, t0_ns=i * 62_500))
     worker.flush()
-    events.extend(worker.take_events())
+    events.extend(e.message() for e in worker.take_events())
     worker.close()
     interims = [m for m in events if m["type"] == "prediction" and not m["final"]]
     assert interims and all(m["t_end_ms"] <= 4_100 for m in interims)  # none once behind
@@ -422,7 +422,7 @@ def test_the_end_of_turn_model_raises(shared: Any, audio: np.ndarray) -> None:
     for i in range(0, audio.size, 512):
         worker.process(AudioChunk(samples=audio[i:i + 512], sample_rate=16_000, t0_ns=i * 62_500))
     worker.flush()
-    events.extend(worker.take_events())
+    events.extend(e.message() for e in worker.take_events())
     finals = [m for m in events if m["type"] == "prediction" and m["final"]]
     assert len(finals) >= N_LINES // 2 and all(f["text"] for f in finals)
     assert all(f["end_reason"] in ("silence", "speaker_change", "max_length") for f in finals)

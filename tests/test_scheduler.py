@@ -110,7 +110,7 @@ class FakeDialogue:
         self.sent.append(msg)
 
     def deliver(self) -> None:
-        self.sent.extend(self.worker.take_events())
+        self.sent.extend(e.message() for e in self.worker.take_events())
 
     def metrics(self) -> dict:
         return {"type": "metrics"}

@@ -4,7 +4,7 @@
 ingress:
   replicas: 2                 # ingress replicas (each holds sessions; at most one a node)
   sessions_per_replica: 4     # capturing sessions a replica takes; more get `busy`
-  graceful_shutdown_s: 5      # on scale-down or redeploy: open sessions are cut after this (the page reconnects)
+  graceful_shutdown_s: 5      # a replica stopped alone cuts its open sessions after this (the page reconnects)
   one_per_node: false         # at most one ingress replica a node
 models:                       # per kind: asr, turn, speaker, text, face, step
   asr: {min_replicas: 1, max_replicas: 2, max_batch_size: 8, batch_wait_s: 0.02}

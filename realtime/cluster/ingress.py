@@ -6,10 +6,11 @@ A websocket stays on the replica that accepted it for its whole life. The protoc
 single-process server's own code (`Server.handle`), fed through `StarletteConnection`, which gives
 a Starlette websocket the few methods of a `websockets` connection it uses. Every open websocket
 holds one of the replica's `max_ongoing_requests` slots; the replica itself answers `busy` past
-`sessions_per_replica`. When Ray stops a replica (scale-down, redeploy) it first waits up to
-`graceful_shutdown_s` for open requests, a live websocket included, then cuts them: the page sees
-1006 and reconnects to a new session. (Ray calls `__del__` only after that wait: it closes what is
-left and stops the scheduler.)
+`sessions_per_replica`. When the application is deleted or the ingress redeployed, each replica
+closes its sessions with 1001 (going away; it watches the application's status, since Ray tells a
+replica nothing before draining it), and the page reconnects to a new session. A replica stopped
+alone (a scale-down) waits up to `graceful_shutdown_s` for its open websockets, then they are cut
+(1006) and the page reconnects. (`__del__` runs only after that wait.)
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route parameters' annotations at
@@ -84,6 +85,12 @@ class StarletteConnection:
         asyncio.get_running_loop().create_task(self._ws.close(1011, "not reading"))
 
 
+def _value(x: Any) -> str:
+    """An enum's value (Ray's statuses), or the thing itself, as text. (Defined above the deployment
+    class: Ray serializes the class when it is decorated, with the globals known then.)"""
+    return str(getattr(x, "value", x))
+
+
 def _build_in_thread(fn: Any, *args: Any) -> Any:
     """Run `fn` in a plain thread (model handles must not be waited on from an event loop)."""
     out: dict[str, Any] = {}
@@ -133,7 +140,27 @@ class Ingress:
                                                              f"{', '.join(sorted(self.calls))}")
         self._port = int(server_options.get("port", 0))
         self._hosted = False
+        self._stopping = threading.Event()
+        threading.Thread(target=self._watch_application, name="emostream-ingress-watch", daemon=True).start()
         logger.info("ingress replica on node %s ready", self.node_id[:8])
+
+    def _watch_application(self, every_s: float = 2.0) -> None:
+        """Ray tells a replica nothing before it drains it, and a live websocket holds the drain
+        until `graceful_shutdown_s` cuts it. So watch the application: when it is being deleted or
+        the ingress redeployed, close every session with 1001 (the page reconnects at once)."""
+        while not self._stopping.wait(every_s):
+            try:
+                app = serve.status().applications.get(self.app_name)
+            except Exception:  # noqa: BLE001 - the controller restarting: look again later
+                continue
+            ingress = app.deployments.get("Ingress") if app is not None else None
+            trigger = _value(getattr(ingress, "status_trigger", "")) if ingress is not None else ""
+            if app is None or _value(app.status) == "DELETING" or trigger in ("CONFIG_UPDATE_STARTED", "DELETING"):
+                from emostream.realtime.transport.ws import SERVER_STOPPING
+
+                logger.info("the application is stopping or redeploying: closing %d session(s)",
+                            len(self.manager.sessions()))
+                self.manager.close_all(SERVER_STOPPING)
 
     def _host(self) -> None:
         if not self._hosted:
@@ -169,9 +196,8 @@ class Ingress:
             return {"ok": False, "reason": f"cluster status unavailable: {exc}", "deployments": {}}
         deployments: dict[str, Any] = {}
         for name, dep in status.deployments.items():
-            deployments[name] = {"status": str(dep.status.value if hasattr(dep.status, "value") else dep.status),
-                                 "replicas": {str(k.value if hasattr(k, "value") else k): v
-                                              for k, v in dep.replica_states.items()}}
+            deployments[name] = {"status": _value(dep.status),
+                                 "replicas": {_value(k): v for k, v in dep.replica_states.items()}}
             if name in self.calls:
                 try:
                     deployments[name]["batches"] = self.calls[name].stats()["batches"]
@@ -204,6 +230,7 @@ class Ingress:
         from emostream.realtime.transport.ws import SERVER_STOPPING
 
         try:
+            self._stopping.set()
             self.manager.close_all(SERVER_STOPPING)
             self.scheduler.close()
         except Exception:  # noqa: BLE001 - stopping anyway

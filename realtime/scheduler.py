@@ -15,9 +15,11 @@ events) and its metrics. Policy, in order:
    and with more than two dialogues they come at most every interval x dialogues / 2 (coarser).
 3. Queues are bounded (each dialogue's drop-oldest audio queue, its frame ring); what is dropped
    is counted and reported in that dialogue's `metrics.drops`.
-4. Early ASR is batched: a dialogue whose worker has an early transcription due (a pause judged
-   the end of a turn) stops its slice there, and after the round every due job runs in one
-   batched call (`asr.run_batch`: one encoder and one decoder call for all of them).
+4. Early ASR and speaker windows are batched: a dialogue whose worker has an early transcription
+   due (a pause judged the end of a turn) or speaker windows to embed (every 0.4 s of speech)
+   stops its slice there, and after the round every dialogue's windows go in one embedder call
+   (each worker then votes on its own, before its next chunk, exactly as if it had embedded them
+   itself), then every due transcription in one batched call (`asr.run_batch`).
 5. A dialogue whose input has ended is flushed once its queue is empty (its last utterance gets
    its final), marked done and removed. A chunk that fails is reported and skipped; a dialogue
    that fails outside a chunk is marked failed (its `failure` says why), done and removed; the
@@ -51,6 +53,7 @@ class Scheduler:
         self.rounds = 0
         self.interims_held = 0  # rounds in which interims were off because a dialogue was behind
         self.asr_batches: collections.Counter[int] = collections.Counter()  # batch size -> how many ran
+        self.window_batches: collections.Counter[int] = collections.Counter()  # speaker windows: dialogues a batch
         self.every_tick: list[Callable[[], object]] = []  # e.g. SessionManager.close_idle
         self._dialogues: list[Any] = []  # Dialogue (or anything with its scheduler side)
         self._lock = threading.Lock()
@@ -96,7 +99,10 @@ class Scheduler:
         n = sum(self.asr_batches.values())
         mean = sum(k * v for k, v in self.asr_batches.items()) / n if n else 0.0
         names = ", ".join(d.name for d in self.dialogues())
-        return True, f"running {len(self.dialogues())} dialogue(s) [{names}]; early ASR batches {n}, mean size {mean:.2f}"
+        wn = sum(self.window_batches.values())
+        wmean = sum(k * v for k, v in self.window_batches.items()) / wn if wn else 0.0
+        return True, (f"running {len(self.dialogues())} dialogue(s) [{names}]; early ASR batches {n}, mean size "
+                      f"{mean:.2f}; speaker window batches {wn}, mean size {wmean:.2f}")
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -143,8 +149,33 @@ class Scheduler:
                 d.emit(protocol.error("internal", f"the dialogue failed: {type(e).__name__}"))
                 d.fail(f"the dialogue {d.name} failed: {type(e).__name__}: {e}")
                 self.remove(d)
+        self._run_due_windows(order)
         self._run_due_asr(order)
         return did
+
+    def _run_due_windows(self, dialogues: list[Any]) -> None:
+        """Every dialogue's speaker windows due this round, in one embedder call; each worker then
+        votes on its own (before its next chunk, as if it had embedded them itself)."""
+        due = [(d, job) for d in dialogues if not d.closed and (job := getattr(d.worker, "windows_due", None)) is not None]
+        if not due:
+            return
+        from emostream.realtime.turns import embed_jobs
+
+        t = time.perf_counter()
+        try:
+            vectors: list[Any] = embed_jobs(due[0][0].worker.speakers.embedder, [job for _, job in due])
+        except Exception:  # noqa: BLE001 - no change evidence from these windows; the speech goes on
+            logger.exception("speaker windows failed on a batch of %d", len(due))
+            vectors = [None] * len(due)
+        share_s = (time.perf_counter() - t) / len(due)
+        self.window_batches[len(due)] += 1
+        for (d, job), v in zip(due, vectors):
+            try:
+                d.worker.windows_done(job, v, share_s)
+            except Exception:  # noqa: BLE001 - as a failed chunk: reported, the dialogue goes on
+                logger.exception("dialogue %s failed on its speaker windows", d.name)
+                d.worker.emit(ErrorEvent("internal", "the dialogue failed on its speaker windows"))
+            d.deliver()
 
     def _run_due_asr(self, dialogues: list[Any]) -> None:
         """Every early ASR job due this round, in one batched call."""
@@ -189,8 +220,8 @@ class Scheduler:
             d.deliver()  # the chunk's events, before the next chunk
             budget -= chunk.samples.shape[0] / chunk.sample_rate
             did = True
-            if worker.asr_due is not None:
-                break  # its early ASR runs after the round, batched with the other dialogues' due jobs
+            if worker.asr_due is not None or worker.windows_due is not None:
+                break  # its early ASR or speaker windows run after the round, batched with other dialogues'
         worker.live_face()
         d.deliver()
         now = time.monotonic_ns()

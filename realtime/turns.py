@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -85,6 +86,16 @@ class _Window:
     end: int  # the window's end sample (it covers [end - window, end) of the utterance)
     vector: np.ndarray  # (256,) unit
     target: int | None  # None: it kept the speaker; else a speaker index or NEW it voted for
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class WindowsJob:
+    """Windows of an open utterance to embed: each (n,) float32, at most a window long, ending at
+    `ends` (stream samples) of segment `segment`."""
+
+    segment: int
+    ends: tuple[int, ...]
+    clips: tuple[np.ndarray, ...]
 
 
 @dataclass(slots=True, eq=False)
@@ -141,8 +152,17 @@ class SpeakerTurns:
     def update(self, seg: Segmenter) -> list[SegmentEvent]:
         """Embed the windows of the open utterance that are complete now; a confirmed speaker change
         splits it: returns the segmenter's [SpeechEnd, SpeechStart] for the split (else [])."""
-        if not self.active or not seg.in_speech:
+        job = self.windows_due(seg)
+        if job is None:
             return []
+        return self.apply(seg, job, self.tracker.embedder.embed_windows(list(job.clips)))  # type: ignore[union-attr]
+
+    def windows_due(self, seg: Segmenter) -> WindowsJob | None:
+        """The windows of the open utterance that are complete now, as a job to embed (None: none).
+        Run it and `apply` its vectors before the segmenter takes more audio: its driver may batch
+        it with other dialogues' jobs (the scheduler does)."""
+        if not self.active or not seg.in_speech:
+            return None
         cur = self._open_for(seg)
         ends = []
         while cur.next_end <= seg.processed_samples:
@@ -150,12 +170,19 @@ class SpeakerTurns:
                 ends.append(cur.next_end)  # (a window that is mostly pause says little about a voice)
             cur.next_end += self._hop
         if not ends:
-            return []
-        clips = [seg.audio(max(e - self._window, cur.start), e) for e in ends]
-        vectors = self.tracker.embedder.embed_windows(clips)  # type: ignore[union-attr]  # (n, 256)
-        self.windows_embedded += len(ends)
-        for e, v in zip(ends, vectors):
-            if self._vote(cur, e, v.astype(np.float64)):
+            return None
+        clips = tuple(seg.audio(max(e - self._window, cur.start), e) for e in ends)
+        return WindowsJob(cur.segment, tuple(ends), clips)
+
+    def apply(self, seg: Segmenter, job: WindowsJob, vectors: np.ndarray) -> list[SegmentEvent]:
+        """A windows job's vectors ((n, 256), in its windows' order): the change votes; a confirmed
+        change splits the utterance (returns the segmenter's [SpeechEnd, SpeechStart], else [])."""
+        cur = self._cur
+        if cur is None or cur.segment != job.segment or seg.segment != job.segment:
+            return []  # the utterance ended meanwhile: its evidence is moot
+        self.windows_embedded += len(job.ends)
+        for e, v in zip(job.ends, vectors):
+            if self._vote(cur, e, np.asarray(v, np.float64)):
                 events = self._split(seg, cur)
                 if events:
                     return events  # the rest of this batch straddles the change: not used
@@ -340,22 +367,45 @@ class TurnTaking:
         self.segmenter = segmenter
         self.turns = turns
         self.failures = 0  # windows whose speaker-change detection failed
+        self.windows_job: WindowsJob | None = None  # deferred windows to embed (push(defer_windows=True))
 
     @property
     def judges_turns(self) -> bool:
         """Whether pauses wait for an end-of-turn verdict (endpoint "turn")."""
         return self.segmenter.config.endpoint == "turn"
 
-    def push(self, samples: np.ndarray, t0_ns: int) -> list[SegmentEvent]:
+    def push(self, samples: np.ndarray, t0_ns: int, defer_windows: bool = False) -> list[SegmentEvent]:
         """Audio in: the segmenter's events, then those of a speaker change in the new windows (best
-        effort: a failing embedder costs the change detection of these windows, never the speech)."""
+        effort: a failing embedder costs the change detection of these windows, never the speech).
+        With `defer_windows`, the windows to embed are left in `windows_job` instead: the driver
+        embeds them (batched with other dialogues') and calls `windows_done` before the next push."""
         events = self.segmenter.push(samples, t0_ns)
         try:
-            events += self.turns.update(self.segmenter)
+            job = self.turns.windows_due(self.segmenter)
+            if job is not None and defer_windows:
+                self.windows_job = job
+            elif job is not None:
+                events += self.turns.apply(self.segmenter, job,
+                                           self.turns.tracker.embedder.embed_windows(list(job.clips)))  # type: ignore[union-attr]
         except Exception:  # noqa: BLE001 - the utterance goes on without this window's evidence
             logger.exception("speaker-change detection failed")
             self.failures += 1
         return events
+
+    def windows_done(self, job: WindowsJob, vectors: np.ndarray | None) -> list[SegmentEvent]:
+        """A deferred windows job, embedded (`vectors` None: the embedder failed). Returns the events
+        of a speaker change it confirmed."""
+        if self.windows_job is job:
+            self.windows_job = None
+        if vectors is None:
+            self.failures += 1
+            return []
+        try:
+            return self.turns.apply(self.segmenter, job, vectors)
+        except Exception:  # noqa: BLE001 - as in push
+            logger.exception("speaker-change detection failed")
+            self.failures += 1
+            return []
 
     def flush(self) -> list[SegmentEvent]:
         return self.segmenter.flush()
@@ -377,6 +427,24 @@ class TurnTaking:
     def reset(self) -> None:
         self.segmenter.reset()
         self.turns.reset()
+        self.windows_job = None
+
+
+def embed_jobs(embedder: Any, jobs: list[WindowsJob]) -> list[np.ndarray]:
+    """Several dialogues' windows jobs in one embedder call: (n_i, 256) vectors for each job. Over
+    the call interface (a `SpeakerClient`) each job is one item of one batch; a plain embedder gets
+    every clip in one `embed_windows`."""
+    from emostream.realtime.calls import SpeakerItem
+
+    call = getattr(embedder, "call", None)
+    if call is not None:
+        return [np.asarray(v, np.float32) for v in call([SpeakerItem(windows=job.clips) for job in jobs])]
+    vectors = embedder.embed_windows([c for job in jobs for c in job.clips])  # (sum n_i, 256)
+    out, at = [], 0
+    for job in jobs:
+        out.append(vectors[at:at + len(job.clips)])
+        at += len(job.clips)
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,7 +44,7 @@ from emostream.realtime.segmenter import (
 )
 from emostream.realtime.session import DialogueSession
 from emostream.realtime.speakers import SpeakerTracker
-from emostream.realtime.turns import SpeakerTurns, TurnsConfig, TurnTaking
+from emostream.realtime.turns import SpeakerTurns, TurnsConfig, TurnTaking, WindowsJob
 from emostream.realtime.types import AudioChunk, Transcript, Utterance, VideoFrame, samples_to_ns
 
 if TYPE_CHECKING:
@@ -175,6 +175,7 @@ class Worker:
             raise ValueError("the 'turn' endpoint needs an end-of-turn model (or use endpoint 'silence')")
         self.faces = faces
         self.interim_stretch = 1.0  # the scheduler makes interims coarser (x this interval) under load
+        self.defer_windows = False  # True: speaker windows wait for the driver (`windows_due`), batched
         self._face_sent_t: int | None = None  # the last `face` event's frame time...
         self._face_sent_at = 0  # ...and when it went out (monotonic ns)
         self._face_failures = 0  # frames the face path failed on, as last reported
@@ -235,12 +236,35 @@ class Worker:
         t_start = self.clock()
         samples = chunk.as_float32()
         self.audio_ns += samples_to_ns(samples.size, chunk.sample_rate)
-        for event in self.taking.push(samples, chunk.t0_ns):
+        for event in self.taking.push(samples, chunk.t0_ns, defer_windows=self.defer_windows):
             self.handle(event)
         self.maybe_interim(chunk.t0_ns + samples_to_ns(samples.size, chunk.sample_rate))
         self.busy_ns += self.clock() - t_start
 
+    @property
+    def windows_due(self) -> WindowsJob | None:
+        """Speaker windows waiting to be embedded (`defer_windows`): the driver runs them, batched
+        with other dialogues', and calls `windows_done` before this worker's next chunk."""
+        return self.taking.windows_job
+
+    def windows_done(self, job: WindowsJob, vectors: Any, share_s: float = 0.0) -> None:
+        """The driver embedded `job` (`vectors` (n, 256), or None if that failed): its change votes,
+        and a confirmed change's events. `share_s`: this dialogue's share of the batch (its work)."""
+        for event in self.taking.windows_done(job, vectors):
+            self.handle(event)
+        self.busy_ns += int(share_s * 1e9)
+
     def flush(self) -> None:
+        job = self.taking.windows_job  # deferred windows not embedded yet: now, alone
+        if job is not None:
+            from emostream.realtime.turns import embed_jobs
+
+            try:
+                vectors = embed_jobs(self.speakers.embedder, [job])[0]
+            except Exception:  # noqa: BLE001 - as any failed window: no change evidence
+                logger.exception("speaker-change detection failed")
+                vectors = None
+            self.windows_done(job, vectors)
         for event in self.segmenter.flush():
             self.handle(event)
 

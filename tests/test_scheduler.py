@@ -15,6 +15,7 @@ import numpy as np
 
 from emostream.realtime.asr import PendingTranscript
 from emostream.realtime.scheduler import Scheduler
+from emostream.realtime.turns import WindowsJob
 from emostream.realtime.types import AudioChunk, Transcript
 
 
@@ -29,6 +30,15 @@ class FakeWorker:
         self.asr_times: list[float] = []
         self.asr_texts: list[str] = []
         self.events: list[dict] = []
+        self.windows_due: WindowsJob | None = None
+        self.windows_after: int | None = None  # speaker windows fall due after this many chunks
+        self.windows_got: list[np.ndarray] = []
+        self.speakers = SimpleNamespace(embedder=FAKE_EMBEDDER)
+
+    def windows_done(self, job: WindowsJob, vectors: np.ndarray, share_s: float) -> None:
+        assert job is self.windows_due
+        self.windows_due = None
+        self.windows_got.append(vectors)
 
     def emit(self, msg: dict) -> None:
         self.events.append(msg)
@@ -39,6 +49,11 @@ class FakeWorker:
 
     def process(self, chunk: AudioChunk) -> None:
         self.log.append(self.name)
+        if self.windows_after is not None:
+            self.windows_after -= 1
+            if self.windows_after == 0:  # windows whose first sample is this dialogue's name length
+                clips = tuple(np.full(160, len(self.name) * 10 + k, np.float32) for k in range(len(self.name)))
+                self.windows_due = WindowsJob(0, tuple(range(len(self.name))), clips)
         if self.due_after is not None:
             self.due_after -= 1
             if self.due_after == 0:
@@ -78,6 +93,20 @@ class FakeTranscriber:
 
 
 FAKE_ASR = FakeTranscriber()
+
+
+class FakeEmbedder:
+    """Records each call; "embeds" a clip as its first sample, repeated."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def embed_windows(self, clips: list[np.ndarray]) -> np.ndarray:
+        self.calls.append(len(clips))
+        return np.stack([np.full(256, c[0], np.float32) for c in clips])
+
+
+FAKE_EMBEDDER = FakeEmbedder()
 
 
 class FakeDialogue:
@@ -217,6 +246,20 @@ def test_early_asr_due_in_several_dialogues_runs_as_one_batch_after_the_round() 
     assert a.worker.asr_times[0] is not None
     sched.run_round()  # the rest of their audio; nothing more is due
     assert log.count("a") == 6 and log.count("bb") == 6 and FAKE_ASR.calls == [("batch", 2)]
+
+
+def test_speaker_windows_of_several_dialogues_are_embedded_in_one_call_before_their_next_chunk() -> None:
+    log: list[str] = []
+    FAKE_EMBEDDER.calls.clear()
+    a, bb, ccc = (FakeDialogue(log, n, chunks=6) for n in ("a", "bb", "ccc"))
+    a.worker.windows_after, ccc.worker.windows_after = 1, 4  # bb has none due
+    sched = scheduler_of(a, bb, ccc, slice_s=1.0)
+    sched.run_round()
+    assert log.count("a") == 1 and log.count("ccc") == 4 and log.count("bb") == 6  # a slice stops at its windows
+    assert FAKE_EMBEDDER.calls == [1 + 3] and sched.window_batches == {2: 1}  # one call, every clip
+    assert [v[:, 0].tolist() for v in a.worker.windows_got] == [[10.0]]  # each its own vectors, in order
+    assert [v[:, 0].tolist() for v in ccc.worker.windows_got] == [[30.0, 31.0, 32.0]]
+    assert a.worker.windows_due is None and ccc.worker.windows_due is None and not bb.worker.windows_got
 
 
 def test_a_cancelled_early_job_is_not_run() -> None:

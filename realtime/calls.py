@@ -23,7 +23,7 @@ the dialogue code is the same in both.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -313,7 +313,3 @@ class StepClient:
     def step(self, inputs: dict[str, np.ndarray], state: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         result = self.call([StepItem(inputs, state)])[0]
         return result.probs, result.state
-
-
-def describe_all(calls: Mapping[str, ModelCall]) -> dict[str, dict[str, Any]]:
-    return {kind: {k: v for k, v in call.describe().items() if k != "zero_state"} for kind, call in calls.items()}

@@ -139,7 +139,6 @@ class Ingress:
         self.server.health_checks["models"] = lambda: (True, f"{shared.model.name} on model deployments "
                                                              f"{', '.join(sorted(self.calls))}")
         self._port = int(server_options.get("port", 0))
-        self._hosted = False
         self._stopping = threading.Event()
         threading.Thread(target=self._watch_application, name="emostream-ingress-watch", daemon=True).start()
         logger.info("ingress replica on node %s ready", self.node_id[:8])
@@ -163,9 +162,9 @@ class Ingress:
                 self.manager.close_all(SERVER_STOPPING)
 
     def _host(self) -> None:
-        if not self._hosted:
+        """On the first request: the server serves through this replica's event loop."""
+        if not self.server.running:
             self.server.host_on(asyncio.get_running_loop(), self._port)
-            self._hosted = True
 
     @app.websocket("/ws")
     async def websocket(self, websocket: WebSocket) -> None:

@@ -7,7 +7,8 @@ the shorter buckets (16, 32, 64 and 96 by default). A sentence is padded to the 
 holds it; the encoder mean-pools over `pool_mask` (the current utterance of a context input,
 `emostream.model.features.context`; every real token of a plain sentence) within the attention
 mask, so the padding changes nothing but the cost (most utterances are short). Every graph keeps
-static shapes for TensorRT.
+static shapes for TensorRT; the live ONNX Runtime cache exports them with a free batch dimension
+(`dynamic_batch`) so that several dialogues' finals of one bucket are encoded in one call.
 """
 
 from __future__ import annotations
@@ -54,10 +55,12 @@ def export_text_encoders(
     max_length: int | None = None,
     buckets: Sequence[int] = DEFAULT_TEXT_BUCKETS,
     opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = False,
 ) -> list[Path]:
     """Export the sentence encoder for every bucket < max_length and for max_length itself.
 
-    input_ids, attention_mask, pool_mask (1, L) int64 -> embedding (1, Dt). `ref`, `max_length` and the L2
+    input_ids, attention_mask, pool_mask (1, L) int64 -> embedding (1, Dt); with `dynamic_batch`,
+    (B, L) -> (B, Dt) for any B (the sidecar's shapes then say -1). `ref`, `max_length` and the L2
     normalisation default to the checkpoint's text feature spec (weights_id, preprocessing),
     else the bundled MiniLM with L = 128.
     """
@@ -87,14 +90,15 @@ def export_text_encoders(
         pool = mask.clone()  # (1, L)
         with torch.no_grad():
             dim = int(module(ids, mask, pool).shape[-1])
-        inputs = [TensorSpec(n, (1, length), "int64") for n in TEXT_INPUTS]
-        outputs = [TensorSpec(TEXT_OUTPUT, (1, dim), "float32")]
-        torch_export(module, (ids, mask, pool), path, TEXT_INPUTS, [TEXT_OUTPUT], opset)
+        batch = -1 if dynamic_batch else 1
+        inputs = [TensorSpec(n, (batch, length), "int64") for n in TEXT_INPUTS]
+        outputs = [TensorSpec(TEXT_OUTPUT, (batch, dim), "float32")]
+        torch_export(module, (ids, mask, pool), path, TEXT_INPUTS, [TEXT_OUTPUT], opset, dynamic_batch=dynamic_batch)
         check_graph_io(path, inputs, outputs)
         side = base_sidecar(ckpt, "text_encoder", path, opset, inputs, outputs)
         side.update({
             "ref": str(ref), "length": length, "max_length": max_length, "buckets": lengths,
-            "normalize": normalize, "context_turns": int(module.context_turns),
+            "normalize": normalize, "context_turns": int(module.context_turns), "dynamic_batch": dynamic_batch,
             "padding": "right, to `length` tokens; mean pooling over pool_mask * attention_mask",
             "tokenizer": type(tokenizer).__name__, "tokenizer_dir": TOKENIZER_DIR,
             "pad_token_id": int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),

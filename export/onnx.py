@@ -97,8 +97,9 @@ class StepModule(nn.Module):
 
 # ------------------------------------------------------------------ export helpers
 def torch_export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: Sequence[str],
-                 output_names: Sequence[str], opset: int) -> None:
-    """Trace `module` with the TorchScript exporter (static shapes from `args`), then fold constants."""
+                 output_names: Sequence[str], opset: int, dynamic_batch: bool = False) -> None:
+    """Trace `module` with the TorchScript exporter (static shapes from `args`; with `dynamic_batch`,
+    dimension 0 of every input and output is left free), then fold constants."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -107,6 +108,7 @@ def torch_export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, 
             torch.onnx.export(
                 module, args, str(tmp), input_names=list(input_names), output_names=list(output_names),
                 opset_version=opset, do_constant_folding=True, dynamo=False,
+                dynamic_axes={n: {0: "batch"} for n in (*input_names, *output_names)} if dynamic_batch else None,
             )
         fold_constants(tmp)
         os.replace(tmp, path)
@@ -242,6 +244,7 @@ def export_onnx(
     text_ref: str | None = None,
     text_max_length: int | None = None,
     text_buckets: Sequence[int] | None = None,
+    text_dynamic_batch: bool = False,
     backbone_ref: str | None = None,
     backbone_batch: int | None = None,
 ) -> dict[str, Path]:
@@ -249,6 +252,8 @@ def export_onnx(
 
     Files: `step.onnx`, `text_encoder.onnx` (L = max_length) plus one `text_encoder.L<n>.onnx`
     per shorter token bucket, `frame_backbone.onnx`; each with its sidecar. Returns name -> path.
+    `text_dynamic_batch`: text encoders that take any batch (ONNX Runtime; TensorRT builds need the
+    default, static batch 1).
     """
     from emostream.export.encoders import DEFAULT_TEXT_BUCKETS, export_frame_backbone, export_text_encoders
 
@@ -265,7 +270,8 @@ def export_onnx(
             done[part] = export_step(ckpt, out / "step.onnx", opset)
         elif part == "text_encoder":
             buckets = DEFAULT_TEXT_BUCKETS if text_buckets is None else tuple(text_buckets)
-            for path in export_text_encoders(ckpt, out, text_ref, text_max_length, buckets, opset):
+            for path in export_text_encoders(ckpt, out, text_ref, text_max_length, buckets, opset,
+                                             dynamic_batch=text_dynamic_batch):
                 done[path.name.removesuffix(".onnx")] = path
         else:
             done[part] = export_frame_backbone(ckpt, out / "frame_backbone.onnx", backbone_ref, backbone_batch, opset)

@@ -128,6 +128,8 @@ def onnx_text_featurizer(checkpoint: Any, engine_dir: str | None = None) -> Any:
 
     folder = Path(engine_dir) if engine_dir else engine_cache_dir(checkpoint.sha256)
     complete = (folder / "text_encoder.onnx").is_file()  # moved in last by the export below
+    if complete and engine_dir is None and not _dynamic_batch(folder / "text_encoder.onnx"):
+        complete = False  # an older cache, exported at batch 1: again, so that finals are encoded batched
     if not complete:
         if engine_dir is not None and text_encoder_files("onnx", folder):
             complete = True  # a user's export folder: taken as it is (and checked on load)
@@ -144,7 +146,8 @@ def onnx_text_featurizer(checkpoint: Any, engine_dir: str | None = None) -> Any:
         logger.info("exporting the text encoder to %s (first use of this checkpoint)", folder)
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=folder, prefix=".text-export-") as tmp:
-            export_onnx(checkpoint, tmp, parts=("text_encoder",), text_buckets=list(LIVE_TEXT_BUCKETS))
+            export_onnx(checkpoint, tmp, parts=("text_encoder",), text_buckets=list(LIVE_TEXT_BUCKETS),
+                        text_dynamic_batch=True)
             done = sorted(Path(tmp).iterdir(), key=lambda p: p.name == "text_encoder.onnx")  # the full length last
             for item in done:  # all or nothing: the full-length graph (moved last) marks a complete export
                 target = folder / item.name
@@ -155,6 +158,16 @@ def onnx_text_featurizer(checkpoint: Any, engine_dir: str | None = None) -> Any:
     if encoder.sidecar.get("checkpoint_sha256") not in (None, checkpoint.sha256):
         raise ValueError(f"the text encoder in {folder} was exported from another checkpoint")
     return EngineTextFeaturizer(encoder)
+
+
+def _dynamic_batch(graph: Path) -> bool:
+    """Whether the exported text encoder `graph` takes any batch (its sidecar says so)."""
+    from emostream.export.sidecar import read_sidecar
+
+    try:
+        return bool(read_sidecar(graph).get("dynamic_batch"))
+    except Exception:  # noqa: BLE001 - unreadable: export it again
+        return False
 
 
 def build_face_path(config: Any, labels: tuple[str, ...], modalities: tuple[str, ...]) -> tuple[Any, Any]:

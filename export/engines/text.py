@@ -67,6 +67,7 @@ class BucketedTextEncoder:
         self.pad_id = int(self.sidecar.get("pad_token_id", 0))
         self.context_turns = int(self.sidecar.get("context_turns", 0))
         self.pooled = ["pool_mask" in e.input_names for e in self.engines]  # exports before context lack it
+        self.batched = [e.input_specs["input_ids"].shape[0] < 0 for e in self.engines]  # a free batch dimension
         if self.context_turns and not all(self.pooled):
             raise SidecarError("a context text encoder needs engines with a pool_mask input: re-export it")
         self.dim = int(self.sidecar["outputs"][0]["shape"][-1])
@@ -111,13 +112,23 @@ class BucketedTextEncoder:
         return i, feeds
 
     def encode(self, texts: Sequence[str | ContextInput]) -> np.ndarray:
-        """texts (or context inputs) -> (n, D) float32."""
+        """texts (or context inputs) -> (n, D) float32. Engines exported with a free batch dimension
+        take every input of one bucket in one call; static ones (batch 1), one call each."""
         if isinstance(texts, str):
             raise TypeError("encode expects a list of strings, got a single str")
         out = np.zeros((len(texts), self.dim), np.float32)
+        rows_of: dict[int, list[tuple[int, dict[str, np.ndarray]]]] = {}  # bucket -> [(row, feeds (1, L))]
         for row, text in enumerate(texts):
             i, feeds = self.feeds(text)
-            out[row] = self.engines[i].infer(feeds)[self._output][0]
+            rows_of.setdefault(i, []).append((row, feeds))
+        for i, items in rows_of.items():
+            if self.batched[i]:
+                names = items[0][1]
+                feeds = {n: np.concatenate([f[n] for _, f in items]) for n in names}  # (b, L) each
+                out[[row for row, _ in items]] = self.engines[i].infer(feeds)[self._output]  # (b, D)
+            else:
+                for row, one in items:
+                    out[row] = self.engines[i].infer(one)[self._output][0]
         return out
 
     def close(self) -> None:

@@ -50,6 +50,7 @@ class Dialogue:
                              config, t0, faces=parts.get("faces"), speakers=parts.get("speakers"),
                              turn_model=parts.get("turn_model"), clock=time.monotonic_ns)
         self.worker.defer_windows = True  # the scheduler embeds every dialogue's speaker windows in one call
+        self.worker.defer_finals = True  # ...and encodes every dialogue's due finals' text in one call
         self.audio_q.on_drop = self.worker.chunk_lost
         self.wants_interim = config.interim
         self._reset_requested = threading.Event()
@@ -82,9 +83,10 @@ class Dialogue:
         self.audio_q.put(chunk)
 
     def put_audio_wait(self, chunk: AudioChunk) -> None:
-        """Blocks while the queue is full (a file played as fast as it is processed)."""
+        """Blocks while the queue is full (a file played as fast as it is processed); returns at
+        once, the chunk not queued, once the dialogue is closed (nobody will make room)."""
         self._chunk_s = chunk.samples.shape[0] / chunk.sample_rate or self._chunk_s
-        self.audio_q.put_wait(chunk)
+        self.audio_q.put_wait(chunk, give_up=lambda: self.closed)
 
     def end_input(self) -> None:
         self.input_ended.set()

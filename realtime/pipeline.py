@@ -143,14 +143,13 @@ class Pipeline:
         return self.dialogue.done.wait(timeout) if self.dialogue is not None else False
 
     def close(self, timeout: float = 5.0) -> None:
+        if self.dialogue is not None:
+            self.dialogue.close()  # first: a source blocked on its full queue gives up instead of hanging
+            self.scheduler.remove(self.dialogue)
         for src in self._sources:
             src.stop()
-        if self.dialogue is not None:
-            self.scheduler.remove(self.dialogue)
         if self._own_scheduler:
             self.scheduler.close(timeout)
-        if self.dialogue is not None:
-            self.dialogue.close()
 
     def __enter__(self) -> Pipeline:
         return self.start()

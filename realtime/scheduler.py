@@ -15,11 +15,14 @@ events) and its metrics. Policy, in order:
    and with more than two dialogues they come at most every interval x dialogues / 2 (coarser).
 3. Queues are bounded (each dialogue's drop-oldest audio queue, its frame ring); what is dropped
    is counted and reported in that dialogue's `metrics.drops`.
-4. Early ASR and speaker windows are batched: a dialogue whose worker has an early transcription
-   due (a pause judged the end of a turn) or speaker windows to embed (every 0.4 s of speech)
-   stops its slice there, and after the round every dialogue's windows go in one embedder call
-   (each worker then votes on its own, before its next chunk, exactly as if it had embedded them
-   itself), then every due transcription in one batched call (`asr.run_batch`).
+4. Early ASR, speaker windows and finals are batched: a dialogue whose worker has an early
+   transcription due (a pause judged the end of a turn), speaker windows to embed (every 0.4 s of
+   speech) or a final waiting for its text features stops its slice there. The finals of the
+   dialogues that went first (their final was near) are encoded in one text-encoder call as soon
+   as those dialogues have had their slices (each worker then sends its own final); after the
+   round, every dialogue's windows go in one embedder call (each worker then votes on its own,
+   before its next chunk, exactly as if it had embedded them itself), then any other due finals in
+   one call, then every due transcription in one batched call (`asr.run_batch`).
 5. A dialogue whose input has ended is flushed once its queue is empty (its last utterance gets
    its final), marked done and removed. A chunk that fails is reported and skipped; a dialogue
    that fails outside a chunk is marked failed (its `failure` says why), done and removed; the
@@ -54,6 +57,7 @@ class Scheduler:
         self.interims_held = 0  # rounds in which interims were off because a dialogue was behind
         self.asr_batches: collections.Counter[int] = collections.Counter()  # batch size -> how many ran
         self.window_batches: collections.Counter[int] = collections.Counter()  # speaker windows: dialogues a batch
+        self.final_batches: collections.Counter[int] = collections.Counter()  # finals' text: finals a batch
         self.every_tick: list[Callable[[], object]] = []  # e.g. SessionManager.close_idle
         self._dialogues: list[Any] = []  # Dialogue (or anything with its scheduler side)
         self._lock = threading.Lock()
@@ -101,8 +105,11 @@ class Scheduler:
         names = ", ".join(d.name for d in self.dialogues())
         wn = sum(self.window_batches.values())
         wmean = sum(k * v for k, v in self.window_batches.items()) / wn if wn else 0.0
+        fn = sum(self.final_batches.values())
+        fmean = sum(k * v for k, v in self.final_batches.items()) / fn if fn else 0.0
         return True, (f"running {len(self.dialogues())} dialogue(s) [{names}]; early ASR batches {n}, mean size "
-                      f"{mean:.2f}; speaker window batches {wn}, mean size {wmean:.2f}")
+                      f"{mean:.2f}; speaker window batches {wn}, mean size {wmean:.2f}; final text batches "
+                      f"{fn}, mean size {fmean:.2f}")
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -135,8 +142,11 @@ class Scheduler:
                 or order[0].worker.final_pending)
         self.interims_held += hold
         stretch = max(1.0, len(order) / 2)
+        near = sum(d.worker.final_pending for d in order)  # they go first; their finals, batched, right after them
         did = False
-        for d in order:
+        for i, d in enumerate(order):
+            if i == near and near:
+                self._run_due_finals(order[:near])  # not after the whole round: someone waits for these
             if d.closed:
                 continue
             d.worker.interim = d.wants_interim and not hold
@@ -150,6 +160,7 @@ class Scheduler:
                 d.fail(f"the dialogue {d.name} failed: {type(e).__name__}: {e}")
                 self.remove(d)
         self._run_due_windows(order)
+        self._run_due_finals(order)  # the rest (windows may end a turn); before the ASR batch
         self._run_due_asr(order)
         return did
 
@@ -167,14 +178,39 @@ class Scheduler:
         except Exception:  # noqa: BLE001 - no change evidence from these windows; the speech goes on
             logger.exception("speaker windows failed on a batch of %d", len(due))
             vectors = [None] * len(due)
-        share_s = (time.perf_counter() - t) / len(due)
         self.window_batches[len(due)] += 1
-        for (d, job), v in zip(due, vectors):
+        self._hand_back(due, vectors, (time.perf_counter() - t) / len(due), "windows_done", "speaker windows")
+
+    def _run_due_finals(self, dialogues: list[Any]) -> None:
+        """Every final waiting for its text features, encoded in one call per text encoder (the
+        dialogues of one server share one); each worker then sends its own final."""
+        due = [(d, job) for d in dialogues if not d.closed and (job := getattr(d.worker, "final_due", None)) is not None]
+        groups: dict[int, list[tuple[Any, Any]]] = {}
+        for d, job in due:
+            groups.setdefault(id(d.worker.session.featurizers.text), []).append((d, job))
+        for group in groups.values():
+            encoder = group[0][0].worker.session.featurizers.text
+            t = time.perf_counter()
             try:
-                d.worker.windows_done(job, v, share_s)
+                vectors: list[Any] = list(encoder([job.text_input for _, job in group]))  # (n, Dt)
+            except Exception as e:  # noqa: BLE001 - each final goes out flagged text_failed
+                logger.exception("text features failed on a batch of %d finals", len(group))
+                vectors = [e] * len(group)
+            if len(vectors) != len(group):
+                vectors = [ValueError(f"the text encoder gave {len(vectors)} vectors for {len(group)} inputs")] * len(group)
+            self.final_batches[len(group)] += 1
+            self._hand_back(group, vectors, (time.perf_counter() - t) / len(group), "final_done", "final")
+
+    @staticmethod
+    def _hand_back(due: list[tuple[Any, Any]], results: list[Any], share_s: float, done: str, what: str) -> None:
+        """Each dialogue's result of a batch, to its worker (`worker.<done>(job, result, share_s)`),
+        then its events out. `share_s`: each one's share of the batch's compute."""
+        for (d, job), result in zip(due, results):
+            try:
+                getattr(d.worker, done)(job, result, share_s)
             except Exception:  # noqa: BLE001 - as a failed chunk: reported, the dialogue goes on
-                logger.exception("dialogue %s failed on its speaker windows", d.name)
-                d.worker.emit(ErrorEvent("internal", "the dialogue failed on its speaker windows"))
+                logger.exception("dialogue %s failed on its %s", d.name, what)
+                d.worker.emit(ErrorEvent("internal", f"the dialogue failed on its {what}"))
             d.deliver()
 
     def _run_due_asr(self, dialogues: list[Any]) -> None:
@@ -220,8 +256,8 @@ class Scheduler:
             d.deliver()  # the chunk's events, before the next chunk
             budget -= chunk.samples.shape[0] / chunk.sample_rate
             did = True
-            if worker.asr_due is not None or worker.windows_due is not None:
-                break  # its early ASR or speaker windows run after the round, batched with other dialogues'
+            if worker.asr_due is not None or worker.windows_due is not None or worker.final_due is not None:
+                break  # its early ASR, speaker windows or final run after the round, batched with other dialogues'
         worker.live_face()
         d.deliver()
         now = time.monotonic_ns()

@@ -95,8 +95,21 @@ class DialogueSession:
         logger.info("dialogue session reset")
 
     # ------------------------------------------------------------------ features
-    def features(self, utterance: Utterance, text: str) -> tuple[Features, list[str], dict[str, float]]:
-        """Features of the modalities the model uses; others are zero and absent. Never raises."""
+    def text_input(self, speaker: int, text: str) -> Any:
+        """What the text encoder takes for an utterance of `speaker` saying `text` (the utterance in
+        its context of past finals), or None when the model uses no text or nothing was said. A
+        driver encodes several dialogues' inputs in one call and hands each vector to `predict`."""
+        if "text" not in self.model.modalities or not text.strip():
+            return None
+        return self.text_context.input(speaker, text)
+
+    def features(self, utterance: Utterance, text: str, text_vector: np.ndarray | BaseException | None = None,
+                 ) -> tuple[Features, list[str], dict[str, float]]:
+        """Features of the modalities the model uses; others are zero and absent. Never raises.
+
+        text_vector: (Dt,) the text encoder's output for `text_input(utterance.speaker, text)`, computed
+        by the driver (or the exception that computing it raised); None: encoded here.
+        """
         m = self.model
         flags: list[str] = []
         timings: dict[str, float] = {}
@@ -109,6 +122,7 @@ class DialogueSession:
             if not text.strip():
                 flags.append("no_text")
             elif (vec := self._run("text", utterance.id, flags, timings, lambda: _checked(
+                    self._encoded(text_vector) if text_vector is not None else
                     self.featurizers.text([self.text_context.input(utterance.speaker, text)])[0],
                     (m.text_dim,), "text"))) is not None:
                 text_vec, present["text"] = vec, True
@@ -147,6 +161,12 @@ class DialogueSession:
         timings[f"{modality}_ms"] = _ms(t0)
         return out
 
+    @staticmethod
+    def _encoded(text_vector: np.ndarray | BaseException) -> np.ndarray:
+        if isinstance(text_vector, BaseException):
+            raise text_vector
+        return text_vector
+
     def _visual(self, utterance: Utterance) -> tuple[np.ndarray, np.ndarray]:
         m = self.model
         feats, mask = self.featurizers.visual([f.image for f in utterance.frames])
@@ -155,13 +175,15 @@ class DialogueSession:
     # ------------------------------------------------------------------ predictions
     def predict(self, utterance: Utterance, text: str, final: bool,
                 extra_flags: Sequence[str] = (), timings_ms: dict[str, float] | None = None,
-                face: np.ndarray | None = None) -> Prediction:
+                face: np.ndarray | None = None, text_vector: np.ndarray | BaseException | None = None,
+                ) -> Prediction:
         """Predict one utterance. Only a final prediction advances the dialogue state.
 
         face: (E,) the face expert's expression over the utterance (its own labels), or None.
+        text_vector: the utterance's text features when the driver encoded them (see `features`).
         """
         t0 = time.perf_counter()
-        features, flags, timings = self.features(utterance, text)
+        features, flags, timings = self.features(utterance, text, text_vector)
         if not any(features.present[MODALITIES.index(m)] for m in self.model.modalities):
             flags.append("nothing_present")
         t1 = time.perf_counter()

@@ -22,7 +22,10 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from emostream.realtime import protocol
 from emostream.realtime.config import PipelineConfig
@@ -71,6 +74,22 @@ DEGRADED = {  # prediction flag -> what a `status` (code degraded, level warning
 }
 
 
+@dataclass(frozen=True, slots=True)
+class FinalJob:
+    """A final that waits only for its text features: the driver encodes every dialogue's due finals
+    in one text-encoder call (`Worker.final_due`), then each worker completes its own (`final_done`)."""
+
+    end: SpeechEnd
+    utterance: Utterance  # its audio, span, frames and speaker slot
+    transcript: Transcript
+    overlap: bool
+    flags: tuple[str, ...]
+    timings_ms: dict[str, float]
+    face: np.ndarray | None  # (E,) the face expert's expression over the utterance, or None
+    detected_ns: int  # when the worker saw its end (the driver's clock)
+    text_input: Any  # what the text encoder takes (`DialogueSession.text_input`)
+
+
 class DropOldestQueue:
     """A bounded queue that drops its oldest item when full, counting the drops; `on_drop` (if set)
     is told each dropped item."""
@@ -96,9 +115,16 @@ class DropOldestQueue:
                     if self.on_drop is not None:
                         self.on_drop(old)
 
-    def put_wait(self, item: Any) -> None:
-        """Block until there is room (back-pressure for files played as fast as possible)."""
-        self._q.put(item)
+    def put_wait(self, item: Any, give_up: Callable[[], bool] = lambda: False, poll_s: float = 0.1) -> bool:
+        """Block until there is room (back-pressure for files played as fast as possible), or until
+        `give_up()` says nobody will make room (the consumer is gone): then False, the item not put."""
+        while not give_up():
+            try:
+                self._q.put(item, timeout=poll_s)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def get(self, timeout: float) -> Any:
         return self._q.get(timeout=timeout)
@@ -176,6 +202,8 @@ class Worker:
         self.faces = faces
         self.interim_stretch = 1.0  # the scheduler makes interims coarser (x this interval) under load
         self.defer_windows = False  # True: speaker windows wait for the driver (`windows_due`), batched
+        self.defer_finals = False  # True: a final's text features wait for the driver (`final_due`), batched
+        self.final_due: FinalJob | None = None
         self._face_sent_t: int | None = None  # the last `face` event's frame time...
         self._face_sent_at = 0  # ...and when it went out (monotonic ns)
         self._face_failures = 0  # frames the face path failed on, as last reported
@@ -223,6 +251,7 @@ class Worker:
         return any(a < t1_ns and b > t0_ns for a, b in tuple(self._lost))
 
     def reset(self) -> None:
+        self._final_now()  # what was said before the reset gets its final first
         self.session.reset()
         self.taking.reset()
         self.early.reset()
@@ -234,6 +263,7 @@ class Worker:
 
     def process(self, chunk: AudioChunk) -> None:
         t_start = self.clock()
+        self._final_now()  # a driver that does not batch finals: this one goes out before the next audio
         samples = chunk.as_float32()
         self.audio_ns += samples_to_ns(samples.size, chunk.sample_rate)
         for event in self.taking.push(samples, chunk.t0_ns, defer_windows=self.defer_windows):
@@ -265,11 +295,14 @@ class Worker:
                 logger.exception("speaker-change detection failed")
                 vectors = None
             self.windows_done(job, vectors)
+        self._final_now()
         for event in self.segmenter.flush():
             self.handle(event)
+        self._final_now()
 
 
     def handle(self, event: Any) -> None:
+        self._final_now()  # events stay in order: a deferred final goes out before whatever comes next
         if isinstance(event, SpeechStart):
             self.current_id = self.next_id
             self.next_id += 1
@@ -360,19 +393,46 @@ class Worker:
         face = self.face_of(end.t_start_ns, end.t_end_ns, timings)
         if timings.pop("face_failed", None):
             flags.append("face_failed")
-        pred = self.session.predict(utt, transcript.text, final=True, extra_flags=flags, timings_ms=timings,
-                                    face=face)
+        job = FinalJob(end, utt, transcript, overlap, tuple(flags), timings, face, t_detect,
+                       self.session.text_input(speaker, transcript.text))
+        if self.defer_finals and job.text_input is not None:
+            self.final_due = job  # the driver encodes its text with other dialogues' finals
+            return
+        self._final(job)
+
+    def final_done(self, job: FinalJob, text_vector: np.ndarray | BaseException, share_s: float = 0.0) -> None:
+        """The driver encoded `job`'s text (`text_vector` (Dt,), or the exception that raised) in a
+        batch: its final goes out. `share_s`: this dialogue's share of the batch (its work)."""
+        if self.final_due is job:
+            self.final_due = None
+        self._final(job, text_vector, share_s)
+        self.busy_ns += int(share_s * 1e9)
+
+    def _final_now(self) -> None:
+        """A deferred final the driver did not run (yet): out now, its text encoded alone."""
+        job, self.final_due = self.final_due, None
+        if job is not None:
+            self._final(job)
+
+    def _final(self, job: FinalJob, text_vector: np.ndarray | BaseException | None = None,
+               share_s: float | None = None) -> None:
+        end, utt, uid, speaker = job.end, job.utterance, job.utterance.id, job.utterance.speaker
+        pred = self.session.predict(utt, job.transcript.text, final=True, extra_flags=job.flags,
+                                    timings_ms=dict(job.timings_ms), face=job.face, text_vector=text_vector)
+        if share_s is not None and "text_ms" in pred.timings_ms:
+            pred.timings_ms["text_ms"] = round(share_s * 1000, 3)  # its share of the batched encoder call
         now = self.clock()
-        pred.timings_ms["compute_ms"] = round((now - t_detect) / 1e6, 2)
+        pred.timings_ms["compute_ms"] = round((now - job.detected_ns) / 1e6, 2)
         pred.timings_ms["total_ms"] = round((now - end.speech_end_ns) / 1e6, 2)
         self.timings.update({k: v for k, v in pred.timings_ms.items() if k.endswith("_ms")})
         degraded = [DEGRADED[f] for f in pred.flags if f in DEGRADED]
         if degraded:
             self.emit(StatusEvent("degraded", f"utterance {uid}: " + "; ".join(degraded), "warning"))
-        self.emit(TranscriptEvent(uid, speaker, transcript.text, transcript.language))
-        self.emit(PredictionEvent(pred, self.t0_ns, end_reason=end.reason, overlap=overlap,
+        self.emit(TranscriptEvent(uid, speaker, job.transcript.text, job.transcript.language))
+        self.emit(PredictionEvent(pred, self.t0_ns, end_reason=end.reason, overlap=job.overlap,
                                   latency_ms=pred.timings_ms["total_ms"]))  # end of speech -> final prediction
-        self.emit(UtteranceEvent("end", uid, speaker, self.ms(end.t_end_ns), end_reason=end.reason, overlap=overlap))
+        self.emit(UtteranceEvent("end", uid, speaker, self.ms(end.t_end_ns), end_reason=end.reason,
+                                 overlap=job.overlap))
 
     def maybe_interim(self, now_stream_ns: int) -> None:
         if not self.interim or self.current_id is None or not self.segmenter.in_speech:
@@ -431,8 +491,9 @@ class Worker:
 
     @property
     def final_pending(self) -> bool:
-        """The segmenter saw the silence that probably ends an utterance: its final is near."""
-        return self.early.pending is not None
+        """The segmenter saw the silence that probably ends an utterance, or a final waits for its
+        text features: its final is near."""
+        return self.early.pending is not None or self.final_due is not None
 
     def live_face(self) -> None:
         """Analyse the frames that came in (at the face tracker's rate) and publish the newest

@@ -31,6 +31,9 @@ class FakeWorker:
         self.asr_texts: list[str] = []
         self.events: list[dict] = []
         self.windows_due: WindowsJob | None = None
+        self.final_due = None  # a final waiting for its text (real workers: tests/test_batched_finals.py)
+        self.final_after: int | None = None  # a final falls due after this many chunks
+        self.session = SimpleNamespace(featurizers=SimpleNamespace(text=FAKE_TEXT))
         self.windows_after: int | None = None  # speaker windows fall due after this many chunks
         self.windows_got: list[np.ndarray] = []
         self.speakers = SimpleNamespace(embedder=FAKE_EMBEDDER)
@@ -39,6 +42,11 @@ class FakeWorker:
         assert job is self.windows_due
         self.windows_due = None
         self.windows_got.append(vectors)
+
+    def final_done(self, job: SimpleNamespace, vector: np.ndarray, share_s: float) -> None:
+        assert job is self.final_due
+        self.final_due = None
+        self.log.append(f"final {self.name} {vector[0]:.0f}")
 
     def emit(self, msg: dict) -> None:
         self.events.append(msg)
@@ -54,6 +62,10 @@ class FakeWorker:
             if self.windows_after == 0:  # windows whose first sample is this dialogue's name length
                 clips = tuple(np.full(160, len(self.name) * 10 + k, np.float32) for k in range(len(self.name)))
                 self.windows_due = WindowsJob(0, tuple(range(len(self.name))), clips)
+        if self.final_after is not None:
+            self.final_after -= 1
+            if self.final_after == 0:
+                self.final_due = SimpleNamespace(text_input=self.name)
         if self.due_after is not None:
             self.due_after -= 1
             if self.due_after == 0:
@@ -107,6 +119,21 @@ class FakeEmbedder:
 
 
 FAKE_EMBEDDER = FakeEmbedder()
+
+
+class FakeText:
+    """Records each call in the scheduler's log; "encodes" a text as its length."""
+
+    def __init__(self) -> None:
+        self.log: list[str] | None = None
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        if self.log is not None:
+            self.log.append(f"encode {len(texts)}")
+        return np.stack([np.full(4, len(t), np.float32) for t in texts])
+
+
+FAKE_TEXT = FakeText()
 
 
 class FakeDialogue:
@@ -260,6 +287,25 @@ def test_speaker_windows_of_several_dialogues_are_embedded_in_one_call_before_th
     assert [v[:, 0].tolist() for v in a.worker.windows_got] == [[10.0]]  # each its own vectors, in order
     assert [v[:, 0].tolist() for v in ccc.worker.windows_got] == [[30.0, 31.0, 32.0]]
     assert a.worker.windows_due is None and ccc.worker.windows_due is None and not bb.worker.windows_got
+
+
+def test_near_finals_are_encoded_in_one_call_before_the_other_dialogues_slices() -> None:
+    log: list[str] = []
+    FAKE_TEXT.log = log
+    try:
+        a, bb, ccc = (FakeDialogue(log, n, chunks=3) for n in ("a", "bb", "ccc"))
+        for d in (bb, ccc):  # their finals are near: they go first, and their slices stop at the final
+            d.worker.final_pending, d.worker.final_after = True, 1
+        a.worker.final_after = 2  # a final not announced: encoded after the round
+        sched = scheduler_of(a, bb, ccc, slice_s=1.0)
+        sched.run_round()
+    finally:
+        FAKE_TEXT.log = None
+    near = log[:log.index("a")]
+    assert sorted(near[:2]) == ["bb", "ccc"] and near[2] == "encode 2"  # their slices, then one call
+    assert sorted(near[3:]) == ["final bb 2", "final ccc 3"]  # each its own vector, before a's slice
+    assert log[log.index("a"):] == ["a", "a", "encode 1", "final a 1"]
+    assert sched.final_batches == {2: 1, 1: 1}
 
 
 def test_a_cancelled_early_job_is_not_run() -> None:

@@ -302,6 +302,20 @@ def test_drop_oldest_queue_counts_drops() -> None:
     assert q.dropped == 2 and [q.get(0.1) for _ in range(3)] == [2, 3, 4]
 
 
+def test_a_producer_blocked_on_a_full_queue_gives_up_once_its_consumer_is_gone() -> None:
+    q = DropOldestQueue(1)
+    q.put(0)
+    gone = threading.Event()
+    result: list[bool] = []
+    producer = threading.Thread(target=lambda: result.append(q.put_wait(1, give_up=gone.is_set, poll_s=0.01)))
+    producer.start()
+    producer.join(0.2)
+    assert producer.is_alive()  # still waiting for room: back-pressure
+    gone.set()  # e.g. the dialogue closed while a file played faster than real time
+    producer.join(10)
+    assert not producer.is_alive() and result == [False] and q.get(0.1) == 0  # the waiting item was not put
+
+
 def test_frame_ring_slices_by_time() -> None:
     ring = FrameRing(4)
     for i in range(6):

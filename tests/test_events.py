@@ -83,6 +83,9 @@ def test_a_worker_returns_records_timed_by_the_drivers_clock(shared: Any) -> Non
     assert len(finals) == 2 and all(f.prediction.text for f in finals)
     starts = [e for e in said if isinstance(e, events.UtteranceEvent) and e.event == "start"]
     assert [s.utterance_id for s in starts] == [0, 1]
-    # the final's latency is the fake clock's: at least the 5 ms ticks it took, nowhere near wall time
-    assert all(0 < f.latency_ms < 2_000 for f in finals), [f.latency_ms for f in finals]
+    # the final's times are the fake clock's: its compute is whole 5 ms ticks, and its latency lies
+    # within the 9 s of stream time (the wall clock would give neither)
+    assert all(f.prediction.timings_ms["compute_ms"] > 0 and f.prediction.timings_ms["compute_ms"] % 5 == 0
+               for f in finals), [f.prediction.timings_ms for f in finals]
+    assert all(0 < f.latency_ms < 9_000 for f in finals), [f.latency_ms for f in finals]
     assert readings[1] > 0

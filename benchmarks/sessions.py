@@ -7,7 +7,8 @@ utterance ends, and collects every message until it has a final per utterance or
 The sessions of one K start together; K runs one after another (--sessions 1,2,4,6).
 
 Per session: finals received vs the utterances of tests/data/dialogue.json, end of speech ->
-final p50/p95 (each final's `timings_ms.total_ms`, else its `latency_ms`), the server's last rtf
+final p50/p95 (each final's `timings_ms.total_ms`, else its `latency_ms`) and its parts (the wait
+for the end of the turn, the final's compute, its ASR, ...: `latency_parts_ms`), the server's last rtf
 and drops (its last `metrics`), errors and statuses received. Per K: the server's resident memory
 (VmRSS of /proc/PID/status: before, peak while sampled, after) when its pid is known. Prints one
 JSON object on stdout; logs go to stderr.
@@ -136,6 +137,21 @@ def final_latency_ms(msg: dict[str, Any]) -> float | None:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
     return None
+
+
+# Where each final's time went (its `timings_ms`): waiting for the end (endpoint_wait_ms: the ending
+# pause, the end-of-turn verdict and any backlog before the worker saw it) and the final's own work.
+BREAKDOWN = ("endpoint_wait_ms", "compute_ms", "asr_ms", "speaker_ms", "text_ms", "model_ms", "face_ms")
+
+
+def breakdown(finals: list[dict[str, Any]]) -> dict[str, dict[str, float | int | None]]:
+    """p50/p95 of each part of BREAKDOWN over `finals` (those that report it)."""
+    out = {}
+    for key in BREAKDOWN:
+        values = [float(v) for m in finals if isinstance(v := (m.get("timings_ms") or {}).get(key), (int, float))]
+        if values:
+            out[key] = percentiles(values)
+    return out
 
 
 def percentiles(values: list[float]) -> dict[str, float | int | None]:
@@ -457,6 +473,7 @@ async def run_k(k: int, url: str, audio: np.ndarray, jpegs: list[bytes], args: a
             "finals": sum(s["finals"] for s in reports),
             "utterances": expected * k,
             "latency_ms": percentiles(all_lat),
+            "latency_parts_ms": breakdown([m for r in results for m in r.finals]),
             "rtf_max": max(rtfs) if rtfs else None,
             "errors": sum(s["errors"] for s in reports),
             "error_codes": dict(sum((Counter(s["error_codes"]) for s in reports), Counter())),

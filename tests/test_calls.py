@@ -67,6 +67,7 @@ def test_a_text_batch_gives_each_item_its_own_features(shared: Any) -> None:
     alone = np.stack([call([t])[0] for t in texts])
     np.testing.assert_allclose(batched, alone, atol=2e-4)
     assert not np.allclose(batched[0], batched[1], atol=1e-2)
+    assert all(call.model.encoder.batched)  # the live ONNX graphs take a batch in one run (not item by item)
 
 
 def test_a_face_batch_runs_the_expert_once_on_every_face(shared: Any) -> None:

@@ -17,9 +17,11 @@ events) and its metrics. Policy, in order:
    is counted and reported in that dialogue's `metrics.drops`.
 4. Early ASR, speaker windows and finals are batched: a dialogue whose worker has an early
    transcription due (a pause judged the end of a turn), speaker windows to embed (every 0.4 s of
-   speech) or a final waiting for its text features stops its slice there. The finals of the
-   dialogues that went first (their final was near) are encoded in one text-encoder call as soon
-   as those dialogues have had their slices (each worker then sends its own final); after the
+   speech) or, while any dialogue is behind, a final waiting for its text features stops its
+   slice there (when nobody is behind a final goes out at once: batching it would only make it
+   wait). The finals of the dialogues that went first (their final was near) are encoded in one
+   text-encoder call as soon as those dialogues have had their slices (each worker then sends its
+   own final); after the
    round, every dialogue's windows go in one embedder call (each worker then votes on its own,
    before its next chunk, exactly as if it had embedded them itself), then any other due finals in
    one call, then every due transcription in one batched call (`asr.run_batch`).
@@ -138,8 +140,8 @@ class Scheduler:
         start = self.rounds % len(dialogues)
         order = dialogues[start:] + dialogues[:start]
         order.sort(key=lambda d: not d.worker.final_pending)  # finals first (stable: round robin otherwise)
-        hold = (any(d.backlog_s() > d.config.interim_max_backlog_s for d in order)
-                or order[0].worker.final_pending)
+        behind = any(d.backlog_s() > d.config.interim_max_backlog_s for d in order)
+        hold = behind or order[0].worker.final_pending
         self.interims_held += hold
         stretch = max(1.0, len(order) / 2)
         near = sum(d.worker.final_pending for d in order)  # they go first; their finals, batched, right after them
@@ -150,6 +152,7 @@ class Scheduler:
             if d.closed:
                 continue
             d.worker.interim = d.wants_interim and not hold
+            d.worker.defer_finals = behind  # finals batched only while behind; otherwise each goes out at once
             d.worker.interim_stretch = stretch
             try:
                 did |= self._run_dialogue(d)

@@ -33,6 +33,7 @@ class FakeWorker:
         self.windows_due: WindowsJob | None = None
         self.final_due = None  # a final waiting for its text (real workers: tests/test_batched_finals.py)
         self.final_after: int | None = None  # a final falls due after this many chunks
+        self.defer_finals = False  # set by the scheduler each round
         self.session = SimpleNamespace(featurizers=SimpleNamespace(text=FAKE_TEXT))
         self.windows_after: int | None = None  # speaker windows fall due after this many chunks
         self.windows_got: list[np.ndarray] = []
@@ -64,8 +65,10 @@ class FakeWorker:
                 self.windows_due = WindowsJob(0, tuple(range(len(self.name))), clips)
         if self.final_after is not None:
             self.final_after -= 1
-            if self.final_after == 0:
+            if self.final_after == 0 and self.defer_finals:
                 self.final_due = SimpleNamespace(text_input=self.name)
+            elif self.final_after == 0:
+                self.log.append(f"final {self.name} at once")
         if self.due_after is not None:
             self.due_after -= 1
             if self.due_after == 0:
@@ -294,6 +297,7 @@ def test_near_finals_are_encoded_in_one_call_before_the_other_dialogues_slices()
     FAKE_TEXT.log = log
     try:
         a, bb, ccc = (FakeDialogue(log, n, chunks=3) for n in ("a", "bb", "ccc"))
+        a._backlog = 1.0  # behind: finals are batched
         for d in (bb, ccc):  # their finals are near: they go first, and their slices stop at the final
             d.worker.final_pending, d.worker.final_after = True, 1
         a.worker.final_after = 2  # a final not announced: encoded after the round
@@ -306,6 +310,21 @@ def test_near_finals_are_encoded_in_one_call_before_the_other_dialogues_slices()
     assert sorted(near[3:]) == ["final bb 2", "final ccc 3"]  # each its own vector, before a's slice
     assert log[log.index("a"):] == ["a", "a", "encode 1", "final a 1"]
     assert sched.final_batches == {2: 1, 1: 1}
+
+
+def test_finals_go_out_at_once_while_nobody_is_behind() -> None:
+    log: list[str] = []
+    FAKE_TEXT.log = log
+    try:
+        a, bb = (FakeDialogue(log, n, chunks=2) for n in ("a", "bb"))
+        for d in (a, bb):
+            d.worker.final_pending, d.worker.final_after = True, 1
+        sched = scheduler_of(a, bb, slice_s=1.0)
+        sched.run_round()
+    finally:
+        FAKE_TEXT.log = None
+    assert not [e for e in log if e.startswith("encode")] and not sched.final_batches
+    assert log.index("final a at once") < log.index("bb") or log.index("final bb at once") < log.index("a")
 
 
 def test_a_cancelled_early_job_is_not_run() -> None:

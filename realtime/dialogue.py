@@ -50,7 +50,6 @@ class Dialogue:
                              config, t0, faces=parts.get("faces"), speakers=parts.get("speakers"),
                              turn_model=parts.get("turn_model"), clock=time.monotonic_ns)
         self.worker.defer_windows = True  # the scheduler embeds every dialogue's speaker windows in one call
-        self.worker.defer_finals = False  # the scheduler batches finals' text while it is behind
         self.audio_q.on_drop = self.worker.chunk_lost
         self.wants_interim = config.interim
         self._reset_requested = threading.Event()

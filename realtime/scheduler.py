@@ -51,6 +51,12 @@ logger = logging.getLogger(__name__)
 TICK_S = 1.0  # how often the `every_tick` hooks run (idle sessions are closed there)
 
 
+def _mean_size(sizes: collections.Counter[int]) -> float:
+    """The mean batch size of a counter of batch size -> how many ran (0 when none ran)."""
+    n = sum(sizes.values())
+    return sum(k * v for k, v in sizes.items()) / n if n else 0.0
+
+
 class Scheduler:
     def __init__(self, slice_s: float = 0.5, metrics_interval_s: float = 2.0) -> None:
         self.slice_s = slice_s
@@ -102,16 +108,11 @@ class Scheduler:
         """(alive, reason) for /healthz."""
         if not self.alive:
             return False, "the dialogue scheduler is not running"
-        n = sum(self.asr_batches.values())
-        mean = sum(k * v for k, v in self.asr_batches.items()) / n if n else 0.0
         names = ", ".join(d.name for d in self.dialogues())
-        wn = sum(self.window_batches.values())
-        wmean = sum(k * v for k, v in self.window_batches.items()) / wn if wn else 0.0
-        fn = sum(self.final_batches.values())
-        fmean = sum(k * v for k, v in self.final_batches.items()) / fn if fn else 0.0
-        return True, (f"running {len(self.dialogues())} dialogue(s) [{names}]; early ASR batches {n}, mean size "
-                      f"{mean:.2f}; speaker window batches {wn}, mean size {wmean:.2f}; final text batches "
-                      f"{fn}, mean size {fmean:.2f}")
+        batches = "; ".join(f"{what} batches {sum(sizes.values())}, mean size {_mean_size(sizes):.2f}" for what, sizes in
+                            (("early ASR", self.asr_batches), ("speaker window", self.window_batches),
+                             ("final text", self.final_batches)))
+        return True, f"running {len(self.dialogues())} dialogue(s) [{names}]; {batches}"
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -170,7 +171,7 @@ class Scheduler:
     def _run_due_windows(self, dialogues: list[Any]) -> None:
         """Every dialogue's speaker windows due this round, in one embedder call; each worker then
         votes on its own (before its next chunk, as if it had embedded them itself)."""
-        due = [(d, job) for d in dialogues if not d.closed and (job := getattr(d.worker, "windows_due", None)) is not None]
+        due = [(d, job) for d in dialogues if not d.closed and (job := d.worker.windows_due) is not None]
         if not due:
             return
         from emostream.realtime.turns import embed_jobs
@@ -187,7 +188,7 @@ class Scheduler:
     def _run_due_finals(self, dialogues: list[Any]) -> None:
         """Every final waiting for its text features, encoded in one call per text encoder (the
         dialogues of one server share one); each worker then sends its own final."""
-        due = [(d, job) for d in dialogues if not d.closed and (job := getattr(d.worker, "final_due", None)) is not None]
+        due = [(d, job) for d in dialogues if not d.closed and (job := d.worker.final_due) is not None]
         groups: dict[int, list[tuple[Any, Any]]] = {}
         for d, job in due:
             groups.setdefault(id(d.worker.session.featurizers.text), []).append((d, job))

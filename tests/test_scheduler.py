@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from emostream.realtime.asr import PendingTranscript
 from emostream.realtime.scheduler import Scheduler
@@ -292,19 +294,24 @@ def test_speaker_windows_of_several_dialogues_are_embedded_in_one_call_before_th
     assert a.worker.windows_due is None and ccc.worker.windows_due is None and not bb.worker.windows_got
 
 
-def test_near_finals_are_encoded_in_one_call_before_the_other_dialogues_slices() -> None:
+@pytest.fixture
+def text_log() -> Iterator[list[str]]:
+    """The scheduler's log, into which the fake text encoder also writes its calls."""
     log: list[str] = []
     FAKE_TEXT.log = log
-    try:
-        a, bb, ccc = (FakeDialogue(log, n, chunks=3) for n in ("a", "bb", "ccc"))
-        a._backlog = 1.0  # behind: finals are batched
-        for d in (bb, ccc):  # their finals are near: they go first, and their slices stop at the final
-            d.worker.final_pending, d.worker.final_after = True, 1
-        a.worker.final_after = 2  # a final not announced: encoded after the round
-        sched = scheduler_of(a, bb, ccc, slice_s=1.0)
-        sched.run_round()
-    finally:
-        FAKE_TEXT.log = None
+    yield log
+    FAKE_TEXT.log = None
+
+
+def test_near_finals_are_encoded_in_one_call_before_the_other_dialogues_slices(text_log: list[str]) -> None:
+    log = text_log
+    a, bb, ccc = (FakeDialogue(log, n, chunks=3) for n in ("a", "bb", "ccc"))
+    a._backlog = 1.0  # behind: finals are batched
+    for d in (bb, ccc):  # their finals are near: they go first, and their slices stop at the final
+        d.worker.final_pending, d.worker.final_after = True, 1
+    a.worker.final_after = 2  # a final not announced: encoded after the round
+    sched = scheduler_of(a, bb, ccc, slice_s=1.0)
+    sched.run_round()
     near = log[:log.index("a")]
     assert sorted(near[:2]) == ["bb", "ccc"] and near[2] == "encode 2"  # their slices, then one call
     assert sorted(near[3:]) == ["final bb 2", "final ccc 3"]  # each its own vector, before a's slice
@@ -312,17 +319,13 @@ def test_near_finals_are_encoded_in_one_call_before_the_other_dialogues_slices()
     assert sched.final_batches == {2: 1, 1: 1}
 
 
-def test_finals_go_out_at_once_while_nobody_is_behind() -> None:
-    log: list[str] = []
-    FAKE_TEXT.log = log
-    try:
-        a, bb = (FakeDialogue(log, n, chunks=2) for n in ("a", "bb"))
-        for d in (a, bb):
-            d.worker.final_pending, d.worker.final_after = True, 1
-        sched = scheduler_of(a, bb, slice_s=1.0)
-        sched.run_round()
-    finally:
-        FAKE_TEXT.log = None
+def test_finals_go_out_at_once_while_nobody_is_behind(text_log: list[str]) -> None:
+    log = text_log
+    a, bb = (FakeDialogue(log, n, chunks=2) for n in ("a", "bb"))
+    for d in (a, bb):
+        d.worker.final_pending, d.worker.final_after = True, 1
+    sched = scheduler_of(a, bb, slice_s=1.0)
+    sched.run_round()
     assert not [e for e in log if e.startswith("encode")] and not sched.final_batches
     assert log.index("final a at once") < log.index("bb") or log.index("final bb at once") < log.index("a")
 
